@@ -1,0 +1,79 @@
+"""The ``resync-hierarchy`` command line.
+
+Subcommands: ``bench`` (the load scenario), ``health`` (a probe: exit 0 ok,
+1 degraded, 2 down) and ``stats``. ``--json`` makes any of them print one
+JSON document; ``--redis-url`` (or ``$REDIS_URL``) and ``--namespace``
+select the cache. Caller mistakes (a bad URL, a bad option) print one line
+on stderr and exit with status 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from resync_hierarchy import __version__
+from resync_hierarchy.cli import bench, inspect_cmds
+from resync_hierarchy.cli._common import add_common_arguments
+from resync_hierarchy.errors import CacheError
+from resync_hierarchy.observe.logging import configure_cli_logging
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 64
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resync-hierarchy",
+        description="Two-tier cache (in-process L1 + Redis L2): load test, probe and inspect.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common_arguments(parser, top_level=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = [
+        (
+            "bench",
+            "run the load scenario (embedded in-process L2 unless --redis-url is given)",
+            bench.add_arguments,
+            bench.run,
+        ),
+        (
+            "health",
+            "check the cache; exit 0 ok, 1 degraded, 2 down",
+            inspect_cmds.add_health_arguments,
+            inspect_cmds.health,
+        ),
+        (
+            "stats",
+            "show the namespace's size in L2 and the server's counters",
+            inspect_cmds.add_stats_arguments,
+            inspect_cmds.stats,
+        ),
+    ]
+    for name, help_text, add_arguments, handler in commands:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_common_arguments(command)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_cli_logging(json=True if args.json else None)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except CacheError as exc:
+        print(f"resync-hierarchy {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"resync-hierarchy {args.command}: interrupted", file=sys.stderr)
+        return 130

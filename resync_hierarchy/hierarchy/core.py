@@ -1,0 +1,703 @@
+"""CacheHierarchy: an in-process L1 in front of a shared L2 (Redis).
+
+Read path::
+
+    get(key)
+      ├─ L1 hit ──────────────────────────────────► value      (no await, no lock held across one)
+      └─ L1 miss: validate key, note the key's write generation
+           └─ L2 (GuardedL2: deadline, FIFO queue)
+                ├─ hit: decode envelope ─ expired/corrupt? ─► miss (corrupt: counted, deleted)
+                │        └─ promote into L1 with the remaining TTL, unless a local
+                │           write or delete of the key happened meanwhile ──► value
+                ├─ miss ──────────────────────────────► default
+                └─ unavailable (down, slow, refusing) ► default   (never raises)
+
+Write path (write-through): validate key, ttl and value (encode) before
+touching anything; write L2; bump the key's write generation; write L1.
+If L2 is unavailable the write still applies to L1 and the failure is
+counted and logged.
+
+Consistency: within one process, a read that raced with a local write never
+leaves the older value in L1 (the write generation check). Across processes,
+L1 entries live at most their TTL (or ``l1_ttl``); cross-process
+invalidation is a separate feature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Self
+from urllib.parse import quote
+
+from resync_hierarchy._types import MISSING, Clock, wall_clock
+from resync_hierarchy.codec import Codec, CorruptValueError
+from resync_hierarchy.config import HierarchyConfig
+from resync_hierarchy.errors import CacheClosedError, InvalidKeyError, InvalidTTLError
+from resync_hierarchy.hierarchy.singleflight import SingleFlight
+from resync_hierarchy.l1 import L1Store
+from resync_hierarchy.l2.base import L2Backend
+from resync_hierarchy.observe.logging import get_logger
+from resync_hierarchy.resilience.guard import GuardedL2, L2Unavailable
+
+__all__ = ["CacheHierarchy"]
+
+_log = get_logger("resync_hierarchy.hierarchy")
+
+_GENERATIONS = 1024  # stripes of the per-key write generation (a power of two)
+_SWEEP_BUDGET = 2000  # expired L1 entries reclaimed per sweeper tick at most
+_CLEAR_MIN_SECONDS = 10.0  # clear() scans the namespace: it gets a longer deadline
+
+
+def namespace_prefix(namespace: str) -> bytes:
+    """The L2 key prefix of ``namespace``.
+
+    The namespace is percent-encoded (every character but ASCII letters,
+    digits and ``_.-~``), so the prefix never contains ``:`` or a glob
+    metacharacter and the first ``:`` of a full key always ends the
+    namespace: two namespaces can never produce the same full key.
+    """
+    return quote(namespace, safe="").encode("ascii") + b":"
+
+
+class CacheHierarchy:
+    """Two-tier cache. Build it with :meth:`from_url`, :meth:`from_config`
+    or :meth:`from_env`; use it as ``async with cache:`` or call
+    :meth:`start` and :meth:`shutdown`.
+
+    Safe to share between the tasks of one event loop. Values returned from
+    L1 are shared objects: treat them as read-only.
+    """
+
+    def __init__(
+        self,
+        config: HierarchyConfig,
+        *,
+        l2: L2Backend | None = None,
+        clock: Clock = wall_clock,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._codec = Codec(
+            max_value_bytes=config.max_value_bytes, signing_key=config.signing_key_bytes
+        )
+        self._l1: L1Store | None = (
+            L1Store(
+                max_entries=config.l1_max_entries,
+                max_bytes=config.l1_max_bytes,
+                shards=config.l1_shards,
+                max_ttl=config.l1_ttl,
+                clock=clock,
+            )
+            if config.l1_enabled
+            else None
+        )
+        backend = l2 if l2 is not None else _backend_for(config)
+        self._l2: GuardedL2 | None = (
+            GuardedL2(
+                backend, timeout=config.l2_timeout, max_in_flight=config.l2_max_connections
+            )
+            if backend is not None
+            else None
+        )
+        self._prefix = namespace_prefix(config.namespace)
+        self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
+        self._generations = [0] * _GENERATIONS
+        self._flight = SingleFlight()
+        self._last_version = 0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        # Plain integers: a Prometheus counter on the hit path would cost as much as the hit.
+        self._l1_hits = 0
+        self._l2_hits = 0
+        self._misses = 0
+        self._sets = 0
+        self._deletes = 0
+        self._corrupt = 0
+        self._promotions = 0
+        self._promotions_skipped = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str | None = None, **overrides: Any) -> Self:
+        """A hierarchy on ``url`` (``redis://…``, ``rediss://…``, ``unix://…``
+        or ``memory://``); keyword ``overrides`` set any HierarchyConfig field."""
+        if namespace is not None:
+            overrides["namespace"] = namespace
+        return cls(HierarchyConfig.from_url(url, **overrides))
+
+    @classmethod
+    def from_config(cls, config: HierarchyConfig) -> Self:
+        return cls(config)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """A hierarchy configured by ``RESYNC_CACHE_URL``, ``RESYNC_CACHE_NAMESPACE``
+        and ``RESYNC_CACHE_<FIELD>`` variables (see :meth:`HierarchyConfig.from_env`)."""
+        return cls(HierarchyConfig.from_env(environ, **overrides))
+
+    def __repr__(self) -> str:
+        l2 = self._l2.backend.description if self._l2 is not None else "none"
+        return (
+            f"<CacheHierarchy namespace={self.config.namespace!r} l2={l2!r} "
+            f"l1={'off' if self._l1 is None else len(self._l1)}>"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start background work (the L1 sweeper) and check L2 once.
+
+        Never fails because L2 is down: the cache then serves from L1 and uses
+        L2 again as soon as it answers. Idempotent.
+        """
+        self._ensure_open()
+        if self._started:
+            return
+        self._started = True
+        if self._l1 is not None and self.config.l1_sweep_interval > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="resync-l1-sweeper")
+        if self._l2 is not None:
+            try:
+                await self._l2.call(self._l2.backend.ping)
+            except L2Unavailable as exc:
+                _log.warning(
+                    "l2_unavailable_at_start",
+                    backend=self._l2.backend.description,
+                    kind=exc.kind,
+                    namespace=self.config.namespace,
+                )
+
+    async def shutdown(self) -> None:
+        """Stop background work and close L2 connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._sweeper, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._l2 is not None:
+            await self._l2.backend.aclose()
+
+    async def stop(self) -> None:
+        """Legacy alias of :meth:`shutdown`."""
+        await self.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def _sweep_forever(self) -> None:
+        assert self._l1 is not None
+        interval = self.config.l1_sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            self._l1.sweep(_SWEEP_BUDGET)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` from L1, else from L2 (promoted into L1), else ``default``."""
+        l1 = self._l1
+        if l1 is not None and type(key) is str:
+            value = l1.get(key)
+            if value is not MISSING:
+                self._l1_hits += 1
+                return value
+        return await self._get_through(key, default)
+
+    async def _get_through(self, key: str, default: Any) -> Any:
+        full = self._full_key(key)
+        l1 = self._l1
+        if l1 is not None and type(key) is not str:  # a str subclass skipped the fast path
+            value = l1.get(key)
+            if value is not MISSING:
+                self._l1_hits += 1
+                return value
+        value = await self._read_l2(key, full)
+        if value is MISSING:
+            self._misses += 1
+            return default
+        self._l2_hits += 1
+        return value
+
+    async def _read_l2(self, key: str, full: bytes) -> Any:
+        l2 = self._l2
+        if l2 is None:
+            return MISSING
+        self._ensure_open()
+        generation = self._generation(key)
+        try:
+            blob = await l2.call(l2.backend.get, full)
+        except L2Unavailable:
+            return MISSING
+        if blob is None:
+            return MISSING
+        return self._accept_from_l2(key, full, blob, generation)
+
+    def _accept_from_l2(self, key: str, full: bytes, blob: bytes, generation: int) -> Any:
+        """Decode an L2 value and promote it into L1; MISSING if expired or corrupt."""
+        try:
+            envelope = self._codec.decode(blob)
+        except CorruptValueError as exc:
+            self._corrupt += 1
+            _log.warning(
+                "corrupt_value",
+                reason=exc.reason,
+                namespace=self.config.namespace,
+                bytes=len(blob),
+            )
+            self._spawn(self._delete_corrupt(full, blob))
+            return MISSING
+        expires_at = envelope.expires_at
+        if expires_at is not None and expires_at <= self._clock():
+            return MISSING
+        l1 = self._l1
+        if l1 is not None:
+            if self._generations[hash(key) & (_GENERATIONS - 1)] == generation:
+                l1.set(key, envelope.value, expires_at=expires_at, size=len(blob))
+                self._promotions += 1
+            else:
+                self._promotions_skipped += 1
+        return envelope.value
+
+    async def _delete_corrupt(self, full: bytes, blob: bytes) -> None:
+        l2 = self._l2
+        assert l2 is not None
+        with contextlib.suppress(L2Unavailable):
+            await l2.call(l2.backend.delete_if_value, full, blob)
+
+    async def exists(self, key: str) -> bool:
+        """True if ``key`` holds a live value in L1 or L2."""
+        full = self._full_key(key)
+        if self._l1 is not None and self._l1.contains(key):
+            return True
+        l2 = self._l2
+        if l2 is None:
+            return False
+        self._ensure_open()
+        try:
+            return await l2.call(l2.backend.exists, full)
+        except L2Unavailable:
+            return False
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The keys found, with their values: L1 first, then one L2 round trip
+        for all L1 misses. Keys not found are absent from the result."""
+        wanted = list(dict.fromkeys(keys))
+        fulls = [self._full_key(k) for k in wanted]
+        found: dict[str, Any] = {}
+        pending: list[tuple[str, bytes]] = []
+        l1 = self._l1
+        for key, full in zip(wanted, fulls, strict=True):
+            value = l1.get(key) if l1 is not None else MISSING
+            if value is MISSING:
+                pending.append((key, full))
+            else:
+                self._l1_hits += 1
+                found[key] = value
+        l2 = self._l2
+        if pending and l2 is not None:
+            self._ensure_open()
+            generations = [self._generation(k) for k, _ in pending]
+            try:
+                blobs = await l2.call(l2.backend.get_many, [f for _, f in pending])
+            except L2Unavailable:
+                blobs = [None] * len(pending)
+            for (key, full), blob, generation in zip(pending, blobs, generations, strict=True):
+                value = (
+                    MISSING
+                    if blob is None
+                    else self._accept_from_l2(key, full, blob, generation)
+                )
+                if value is MISSING:
+                    self._misses += 1
+                else:
+                    self._l2_hits += 1
+                    found[key] = value
+        else:
+            self._misses += len(pending)
+        return found
+
+    async def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[Any]] | Callable[[], Any],
+        ttl: float | None = None,
+    ) -> Any:
+        """The cached value of ``key``; on a miss, ``factory()`` (awaited if it
+        returns an awaitable) is called once per key per process however many
+        callers wait, and its result is stored and returned to all of them.
+
+        If ``factory`` raises, every waiting caller gets the exception and
+        nothing is cached. The value returned is the stored form (a tuple
+        comes back as a list), as any later ``get`` would return it.
+        """
+        l1 = self._l1
+        if l1 is not None and type(key) is str:
+            value = l1.get(key)
+            if value is not MISSING:
+                self._l1_hits += 1
+                return value
+        full = self._full_key(key)
+        ttl_seconds = self._resolve_ttl(ttl)
+        self._ensure_open()
+        return await self._flight.run(key, lambda: self._load(key, full, factory, ttl_seconds))
+
+    async def _load(
+        self,
+        key: str,
+        full: bytes,
+        factory: Callable[[], Awaitable[Any]] | Callable[[], Any],
+        ttl_seconds: float | None,
+    ) -> Any:
+        if self._l1 is not None:
+            value = self._l1.get(key)
+            if value is not MISSING:
+                self._l1_hits += 1
+                return value
+        value = await self._read_l2(key, full)
+        if value is not MISSING:
+            self._l2_hits += 1
+            return value
+        self._misses += 1
+        produced = factory()
+        if inspect.isawaitable(produced):
+            produced = await produced
+        return await self._write(key, full, produced, ttl_seconds)
+
+    # ------------------------------------------------------------------ writes
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Write ``value`` through to L2 and L1. ``ttl`` in seconds (None: default_ttl).
+
+        Raises a :class:`CacheError` subclass, changing nothing, for a bad key,
+        ttl or value. Never raises because L2 is unavailable.
+        """
+        full = self._full_key(key)
+        await self._write(key, full, value, self._resolve_ttl(ttl))
+
+    async def _write(self, key: str, full: bytes, value: Any, ttl_seconds: float | None) -> Any:
+        self._ensure_open()
+        expires_at = None if ttl_seconds is None else self._clock() + ttl_seconds
+        encoded = self._codec.encode(value, expires_at=expires_at, version=self._next_version())
+        l2 = self._l2
+        if l2 is not None:
+            with contextlib.suppress(L2Unavailable):
+                await l2.call(l2.backend.set, full, encoded.blob, _ttl_ms(ttl_seconds))
+        self._bump(key)
+        if self._l1 is not None:
+            self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        self._sets += 1
+        return encoded.value
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Write every item in one L2 round trip. All keys and values are checked
+        first: one bad item raises and nothing is written."""
+        ttl_seconds = self._resolve_ttl(ttl)
+        expires_at = None if ttl_seconds is None else self._clock() + ttl_seconds
+        ttl_ms = _ttl_ms(ttl_seconds)
+        items = [
+            (
+                key,
+                self._full_key(key),
+                self._codec.encode(value, expires_at=expires_at, version=self._next_version()),
+            )
+            for key, value in mapping.items()
+        ]
+        if not items:
+            return
+        self._ensure_open()
+        l2 = self._l2
+        if l2 is not None:
+            with contextlib.suppress(L2Unavailable):
+                await l2.call(
+                    l2.backend.set_many, [(full, enc.blob, ttl_ms) for _, full, enc in items]
+                )
+        l1 = self._l1
+        for key, _, encoded in items:
+            self._bump(key)
+            if l1 is not None:
+                l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        self._sets += len(items)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` from both tiers; True if it existed in either."""
+        return await self.delete_many([key]) == 1
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove ``keys`` from both tiers in one L2 round trip; returns how
+        many existed in either tier."""
+        wanted = list(dict.fromkeys(keys))
+        fulls = [self._full_key(k) for k in wanted]
+        if not wanted:
+            return 0
+        self._ensure_open()
+        in_l2 = [False] * len(wanted)
+        l2 = self._l2
+        if l2 is not None:
+            with contextlib.suppress(L2Unavailable):
+                in_l2 = await l2.call(l2.backend.delete_many, fulls)
+        removed = 0
+        l1 = self._l1
+        for key, existed in zip(wanted, in_l2, strict=True):
+            self._bump(key)
+            in_l1 = l1.delete(key) if l1 is not None else False
+            removed += existed or in_l1
+        self._deletes += len(wanted)
+        return removed
+
+    async def clear(self) -> None:
+        """Remove every key of this namespace from both tiers (SCAN + UNLINK in
+        L2, never FLUSHDB); other namespaces are untouched. The L2 part may
+        take longer than ``l2_timeout`` on a large namespace."""
+        self._ensure_open()
+        for index in range(_GENERATIONS):
+            self._generations[index] += 1
+        if self._l1 is not None:
+            self._l1.clear()
+        l2 = self._l2
+        if l2 is None:
+            return
+        deadline = max(_CLEAR_MIN_SECONDS, 100 * l2.timeout)
+        try:
+            await l2.call_within(deadline, l2.backend.clear_prefix, self._prefix)
+        except L2Unavailable as exc:
+            _log.warning("clear_failed", namespace=self.config.namespace, kind=exc.kind)
+
+    # ------------------------------------------------------------------ introspection
+
+    def size(self) -> int:
+        """Entries held in L1 (legacy contract)."""
+        return len(self._l1) if self._l1 is not None else 0
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters since start. Plain integers, cheap to read."""
+        l1 = self._l1.stats() if self._l1 is not None else {}
+        l2 = self._l2
+        return {
+            "namespace": self.config.namespace,
+            "l1_hits": self._l1_hits,
+            "l2_hits": self._l2_hits,
+            "misses": self._misses,
+            "sets": self._sets,
+            "deletes": self._deletes,
+            "l1_entries": l1.get("entries", 0),
+            "l1_bytes": l1.get("bytes", 0),
+            "l1_evictions": l1.get("evictions", 0),
+            "l1_expirations": l1.get("expirations", 0),
+            "l1_rejected": l1.get("rejected", 0),
+            "l2_errors": l2.error_count if l2 is not None else 0,
+            "l2_errors_by_kind": dict(l2.errors) if l2 is not None else {},
+            "l2_in_flight": l2.limiter.in_use if l2 is not None else 0,
+            "l2_waiting": l2.limiter.waiting if l2 is not None else 0,
+            "corrupt_values": self._corrupt,
+            "promotions": self._promotions,
+            "promotions_skipped": self._promotions_skipped,
+            "loads": self._flight.started,
+            "loads_joined": self._flight.joined,
+            "circuit_state": "closed",
+        }
+
+    async def iter_keys(self, batch: int = 500) -> AsyncIterator[list[str]]:
+        """Batches of this namespace's keys: L2's (by SCAN) when there is an L2,
+        else L1's. Keys written during the scan may or may not appear."""
+        l2 = self._l2
+        if l2 is None:
+            keys = self._l1.keys() if self._l1 is not None else []
+            for start in range(0, len(keys), batch):
+                yield keys[start : start + batch]
+            return
+        self._ensure_open()
+        prefix_length = len(self._prefix)
+        pages = l2.backend.scan_prefix(self._prefix, batch)
+        while True:
+            try:
+                page = await l2.call(anext, pages)
+            except StopAsyncIteration:
+                return
+            except L2Unavailable:
+                await pages.aclose()
+                raise
+            yield [k[prefix_length:].decode("utf-8", "surrogateescape") for k in page]
+
+    async def l2_summary(self) -> dict[str, Any]:
+        """For operators: this namespace's key count in L2 (a full SCAN) and
+        the server's facts. ``{"status": "disabled"}`` without an L2;
+        ``{"status": "down", "error": ...}`` when L2 does not answer."""
+        l2 = self._l2
+        if l2 is None:
+            return {"status": "disabled"}
+        try:
+            server = await l2.call(l2.backend.info)
+            count = 0
+            async for page in self.iter_keys():
+                count += len(page)
+        except L2Unavailable as exc:
+            return {"status": "down", "error": exc.kind, "backend": l2.backend.description}
+        return {
+            "status": "ok",
+            "backend": l2.backend.description,
+            "namespace_keys": count,
+            "server": server,
+        }
+
+    def get_detailed_metrics(self) -> dict[str, Any]:
+        """Legacy alias of :meth:`get_stats`."""
+        return self.get_stats()
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok"|"degraded"|"down", "l1": {...}, "l2": {...}}``.
+
+        ``ok``: every configured tier answers. ``degraded``: L2 does not answer
+        but L1 serves. ``down``: nothing can serve (L2 down and L1 off, or
+        the cache is shut down). Never raises; waits at most ``l2_timeout``.
+        """
+        try:
+            return await self._health()
+        except Exception as exc:  # health must answer whatever happens
+            return {
+                "status": "down",
+                "error": f"{type(exc).__name__}: {exc}",
+                "l1": {},
+                "l2": {},
+            }
+
+    async def _health(self) -> dict[str, Any]:
+        l1_info: dict[str, Any] = {"enabled": self._l1 is not None}
+        if self._l1 is not None:
+            stats = self._l1.stats()
+            l1_info.update(stats)
+            l1_info["fill_ratio"] = round(
+                max(
+                    stats["entries"] / max(stats["max_entries"], 1),
+                    stats["bytes"] / max(stats["max_bytes"], 1),
+                ),
+                4,
+            )
+        l2 = self._l2
+        l2_info: dict[str, Any]
+        if self._closed:
+            return {
+                "status": "down",
+                "reason": "cache is shut down",
+                "l1": l1_info,
+                "l2": {"status": "closed"},
+            }
+        if l2 is None:
+            l2_info = {"status": "disabled", "backend": "none"}
+            return {"status": "ok", "l1": l1_info, "l2": l2_info}
+        l2_info = {
+            "backend": l2.backend.description,
+            "timeout_seconds": l2.timeout,
+            "in_flight": l2.limiter.in_use,
+            "waiting": l2.limiter.waiting,
+            "errors": l2.error_count,
+            "circuit_state": "closed",
+        }
+        started = time.perf_counter()
+        try:
+            await l2.call(l2.backend.ping)
+        except L2Unavailable as exc:
+            l2_info.update(status="down", error=exc.kind, last_error=l2.last_error)
+            status = "degraded" if self._l1 is not None else "down"
+        else:
+            l2_info.update(status="ok", ping_ms=round((time.perf_counter() - started) * 1000, 3))
+            status = "ok"
+        return {"status": status, "l1": l1_info, "l2": l2_info}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _full_key(self, key: str) -> bytes:
+        """Validate ``key`` and return its L2 key. Raises InvalidKeyError."""
+        if not isinstance(key, str):
+            raise InvalidKeyError(
+                f"cache keys must be str, got {type(key).__name__} {key!r:.80}; "
+                "convert the key to a str first (e.g. f'user:{user_id}')"
+            )
+        if not key:
+            raise InvalidKeyError("cache key must not be empty; use a non-empty str")
+        try:
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(
+                f"cache key {key!r:.80} is not valid Unicode text (lone surrogate at "
+                f"position {exc.start}); keys must encode as UTF-8"
+            ) from exc
+        if len(encoded) > self.config.max_key_bytes:
+            raise InvalidKeyError(
+                f"cache key is {len(encoded)} bytes of UTF-8, over max_key_bytes="
+                f"{self.config.max_key_bytes}; hash long keys (e.g. hashlib.blake2b) or raise "
+                "max_key_bytes"
+            )
+        return self._prefix + encoded
+
+    def _resolve_ttl(self, ttl: float | None) -> float | None:
+        if ttl is None:
+            return self.config.default_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+            raise InvalidTTLError(
+                f"ttl must be a positive number of seconds or None (default_ttl), got {ttl!r}"
+            )
+        if ttl <= 0:
+            raise InvalidTTLError(
+                f"ttl must be > 0 seconds, got {ttl}; use delete() to remove a key"
+            )
+        return float(ttl)
+
+    def _generation(self, key: str) -> int:
+        return self._generations[hash(key) & (_GENERATIONS - 1)]
+
+    def _bump(self, key: str) -> None:
+        self._generations[hash(key) & (_GENERATIONS - 1)] += 1
+
+    def _next_version(self) -> int:
+        version = max(self._last_version + 1, int(self._clock() * 1_000_000))
+        self._last_version = version
+        return version
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(
+                f"cache for namespace {self.config.namespace!r} was shut down; "
+                "create a new CacheHierarchy to use it again"
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # pragma: no cover - no loop: called outside async code
+            coro.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _ttl_ms(ttl_seconds: float | None) -> int | None:
+    return None if ttl_seconds is None else max(1, round(ttl_seconds * 1000))
+
+
+def _backend_for(config: HierarchyConfig) -> L2Backend | None:
+    if config.parsed_url.kind == "memory":
+        return None
+    from resync_hierarchy.l2.redis import RedisL2
+
+    return RedisL2.from_parsed_url(
+        config.parsed_url,
+        config.url,
+        timeout=config.l2_timeout,
+        max_connections=config.l2_max_connections,
+    )

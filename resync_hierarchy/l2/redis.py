@@ -1,0 +1,231 @@
+"""The Redis backend. The only module of the package that imports ``redis``.
+
+Retries belong to the layer above: redis-py's own retry is turned off
+(``Retry(NoBackoff(), 0)``), so a failed command fails once, quickly, and the
+guard decides what happens next. Socket timeouts equal ``l2_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from resync_hierarchy._url import ParsedURL, redact_url
+from resync_hierarchy.errors import ConfigurationError
+from resync_hierarchy.l2.base import L2Error, glob_escape
+
+__all__ = ["RedisL2", "translate_redis_error"]
+
+
+def translate_redis_error(exc: BaseException) -> L2Error:
+    """Map a redis-py exception to an :class:`L2Error` with a stable ``kind``."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, rexc.TimeoutError):
+        return L2Error("timeout", message)
+    if isinstance(exc, (rexc.ConnectionError, rexc.MaxConnectionsError)):
+        return L2Error("connection", message)
+    if isinstance(exc, rexc.NoPermissionError):
+        return L2Error("noperm", message)
+    if isinstance(exc, rexc.ReadOnlyError):
+        return L2Error("readonly", message)
+    if isinstance(exc, rexc.BusyLoadingError):
+        return L2Error("busy", message)
+    if isinstance(exc, rexc.ResponseError):
+        text = str(exc)
+        if text.startswith("OOM"):
+            return L2Error("oom", message)
+        if text.startswith("NOPERM"):
+            return L2Error("noperm", message)
+        return L2Error("response", message)
+    if isinstance(exc, OSError):
+        return L2Error("connection", message)
+    return L2Error("other", message)
+
+
+def _client_from_url(parsed: ParsedURL, url: str, *, timeout: float, max_connections: int) -> Any:
+    common: dict[str, Any] = {
+        "db": parsed.db,
+        "username": parsed.username,
+        "password": parsed.password,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+        "max_connections": max_connections,
+        "decode_responses": False,
+        "health_check_interval": 0,
+    }
+    query = dict(parsed.query)
+    if "client_name" in query:
+        common["client_name"] = query["client_name"]
+    if parsed.kind == "unix":
+        return aioredis.Redis(unix_socket_path=parsed.path, **common)
+    if parsed.kind != "redis":
+        raise ConfigurationError(
+            f"{redact_url(url)!r}: {parsed.kind} URLs are not supported by this release yet; "
+            "use a redis://, rediss:// or unix:// URL"
+        )
+    host, port = parsed.hosts[0]
+    if parsed.tls:
+        common["ssl"] = True
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if name in query:
+                common[name] = query[name]
+        if "ssl_check_hostname" in query:
+            common["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
+    return aioredis.Redis(host=host, port=port, **common)
+
+
+class RedisL2:
+    """L2 on one Redis server (redis-py asyncio, one pool per instance).
+
+    Build it with :meth:`from_parsed_url`, or hand it any redis-py
+    compatible asyncio client (fakeredis in tests and in the embedded bench).
+    """
+
+    def __init__(self, client: Any, *, description: str = "redis") -> None:
+        self._client = client
+        self._description = description
+
+    @classmethod
+    def from_parsed_url(
+        cls, parsed: ParsedURL, url: str, *, timeout: float, max_connections: int
+    ) -> RedisL2:
+        client = _client_from_url(parsed, url, timeout=timeout, max_connections=max_connections)
+        return cls(client, description=redact_url(url))
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def client(self) -> Any:
+        """The underlying redis-py client (for diagnostics and tests)."""
+        return self._client
+
+    async def get(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = await self._client.get(key)
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return value
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        try:
+            values: list[bytes | None] = await self._client.mget(keys)
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return values
+
+    async def set(self, key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        try:
+            await self._client.set(key, value, px=ttl_ms)
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes, int | None]]) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, ttl_ms in items:
+                    pipe.set(key, value, px=ttl_ms)
+                await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def delete_many(self, keys: Sequence[bytes]) -> list[bool]:
+        if len(keys) == 1:
+            try:
+                return [bool(await self._client.delete(keys[0]))]
+            except (rexc.RedisError, OSError) as exc:
+                raise translate_redis_error(exc) from exc
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.delete(key)
+                results = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return [bool(n) for n in results]
+
+    async def exists(self, key: bytes) -> bool:
+        try:
+            return bool(await self._client.exists(key))
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def delete_if_value(self, key: bytes, value: bytes) -> bool:
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                if await pipe.get(key) != value:
+                    await pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.delete(key)
+                result = await pipe.execute()
+        except rexc.WatchError:
+            return False  # written meanwhile: the new value is not ours to delete
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return bool(result and result[0])
+
+    async def scan_prefix(self, prefix: bytes, batch: int = 500) -> AsyncIterator[list[bytes]]:
+        pattern = glob_escape(prefix) + b"*"
+        cursor: int = 0
+        while True:
+            try:
+                cursor, keys = await self._client.scan(cursor=cursor, match=pattern, count=batch)
+            except (rexc.RedisError, OSError) as exc:
+                raise translate_redis_error(exc) from exc
+            # MATCH is applied by the server; the explicit check guards against
+            # a server (or emulator) with a looser matcher.
+            found = [k for k in keys if k.startswith(prefix)]
+            if found:
+                yield found
+            if cursor == 0:
+                return
+
+    async def clear_prefix(self, prefix: bytes) -> int:
+        removed = 0
+        async for keys in self.scan_prefix(prefix):
+            try:
+                removed += int(await self._client.unlink(*keys))
+            except (rexc.RedisError, OSError) as exc:
+                raise translate_redis_error(exc) from exc
+        return removed
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def info(self) -> dict[str, Any]:
+        try:
+            raw: dict[str, Any] = await self._client.info()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        wanted = (
+            "redis_version",
+            "uptime_in_seconds",
+            "connected_clients",
+            "used_memory",
+            "maxmemory",
+            "maxmemory_policy",
+            "keyspace_hits",
+            "keyspace_misses",
+            "evicted_keys",
+            "expired_keys",
+        )
+        return {name: raw[name] for name in wanted if name in raw}
+
+    async def aclose(self) -> None:
+        try:
+            await self._client.aclose()
+        except (rexc.RedisError, OSError):  # closing a broken pool must not fail shutdown
+            pass
