@@ -29,13 +29,13 @@ EXTRAS = {"bench": "embedded", "test": "dev,embedded"}
 
 def run(*cmd: str | Path) -> None:
     print("+", " ".join(str(c) for c in cmd), flush=True)
-    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, check=False)
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT, check=False)  # noqa: S603 - our own tools
     if result.returncode:
         raise SystemExit(result.returncode)
 
 
 def ensure_env(extras: str) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - a clear message for an old python3
         raise SystemExit(f"Python 3.11+ is needed, this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     marker = VENV / f".installed-{digest[:16]}"

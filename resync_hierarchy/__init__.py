@@ -1,10 +1,10 @@
 """resync_hierarchy: a two-tier asyncio cache, an in-process L1 in front of Redis.
 
-    from resync_hierarchy import CacheHierarchy
+from resync_hierarchy import CacheHierarchy
 
-    async with CacheHierarchy.from_url("redis://127.0.0.1:6379/0", namespace="llm") as cache:
-        await cache.set("greeting", {"text": "hello"}, ttl=60)
-        value = await cache.get("greeting")
+async with CacheHierarchy.from_url("redis://127.0.0.1:6379/0", namespace="llm") as cache:
+    await cache.set("greeting", {"text": "hello"}, ttl=60)
+    value = await cache.get("greeting")
 """
 
 from __future__ import annotations

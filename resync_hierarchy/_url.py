@@ -157,10 +157,8 @@ def parse_url(url: str) -> ParsedURL:
     query = tuple(parse_qsl(parts.query, keep_blank_values=True))
     for name, _value in query:
         if name not in ALLOWED_QUERY_PARAMS:
-            raise _bad(
-                url,
-                f"unknown query parameter {name!r} (allowed: {', '.join(sorted(ALLOWED_QUERY_PARAMS))})",
-            )
+            allowed = ", ".join(sorted(ALLOWED_QUERY_PARAMS))
+            raise _bad(url, f"unknown query parameter {name!r} (allowed: {allowed})")
     tls = scheme.lower().startswith("rediss")
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
@@ -170,8 +168,13 @@ def parse_url(url: str) -> ParsedURL:
             raise _bad(url, "unix:// needs a socket path")
         db = _parse_db(url, qdb) if qdb is not None else 0
         return ParsedURL(
-            kind="unix", tls=False, path=parts.path, db=db, username=username,
-            password=password, query=query,
+            kind="unix",
+            tls=False,
+            path=parts.path,
+            db=db,
+            username=username,
+            password=password,
+            query=query,
         )
     hosts = _parse_hosts(url, parts.netloc, 26379 if kind == "sentinel" else 6379)
     segments = [s for s in parts.path.split("/") if s]
@@ -182,8 +185,14 @@ def parse_url(url: str) -> ParsedURL:
             raise _bad(url, "a Sentinel URL path is /service_name[/db]")
         db = _parse_db(url, segments[1]) if len(segments) == 2 else 0
         return ParsedURL(
-            kind="sentinel", tls=tls, hosts=hosts, db=db, username=username,
-            password=password, service_name=unquote(segments[0]), query=query,
+            kind="sentinel",
+            tls=tls,
+            hosts=hosts,
+            db=db,
+            username=username,
+            password=password,
+            service_name=unquote(segments[0]),
+            query=query,
         )
     if kind == "cluster":
         if segments and segments != ["0"]:
@@ -197,6 +206,11 @@ def parse_url(url: str) -> ParsedURL:
         raise _bad(url, "the path of a redis:// URL is the database number only")
     db = _parse_db(url, segments[0]) if segments else (_parse_db(url, qdb) if qdb else 0)
     return ParsedURL(
-        kind="redis", tls=tls, hosts=hosts, db=db, username=username, password=password,
+        kind="redis",
+        tls=tls,
+        hosts=hosts,
+        db=db,
+        username=username,
+        password=password,
         query=query,
     )

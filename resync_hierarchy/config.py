@@ -104,7 +104,9 @@ class HierarchyConfig:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={redact_url(self.url)!r}" if f.name == "url" else f"{f.name}={getattr(self, f.name)!r}"
+            f"{f.name}={redact_url(self.url)!r}"
+            if f.name == "url"
+            else f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
             if f.repr
         )
@@ -179,13 +181,6 @@ def _parse_env_value(f: dataclasses.Field[Any], raw: str) -> Any:
     if optional and text.lower() in ("", "none", "null"):
         return None
     try:
-        if kind.startswith("bool"):
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
         if kind.startswith("int"):
             return int(text.replace("_", ""))
         if kind.startswith("float"):
@@ -194,6 +189,15 @@ def _parse_env_value(f: dataclasses.Field[Any], raw: str) -> Any:
         raise ConfigurationError(
             f"environment variable {name}={raw!r} is not a valid {kind}"
         ) from exc
+    if kind.startswith("bool"):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(
+            f"environment variable {name}={raw!r} is not a boolean (1/0, true/false)"
+        )
     return raw
 
 
@@ -225,6 +229,8 @@ def _check_positive_number(cfg: HierarchyConfig, name: str, *, optional: bool = 
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         hint = " or None" if optional else ""
-        raise ConfigurationError(f"{name} must be a positive number of seconds{hint}, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds{hint}, got {value!r}"
+        )
     if value <= 0:
         raise ConfigurationError(f"{name} must be > 0 seconds, got {value}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from resync_hierarchy import __version__
 from resync_hierarchy.cli import bench, inspect_cmds
@@ -24,7 +25,7 @@ __all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 64
 
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:

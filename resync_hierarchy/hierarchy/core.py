@@ -98,9 +98,7 @@ class CacheHierarchy:
         )
         backend = l2 if l2 is not None else _backend_for(config)
         self._l2: GuardedL2 | None = (
-            GuardedL2(
-                backend, timeout=config.l2_timeout, max_in_flight=config.l2_max_connections
-            )
+            GuardedL2(backend, timeout=config.l2_timeout, max_in_flight=config.l2_max_connections)
             if backend is not None
             else None
         )
@@ -163,7 +161,9 @@ class CacheHierarchy:
             return
         self._started = True
         if self._l1 is not None and self.config.l1_sweep_interval > 0:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="resync-l1-sweeper")
+            self._sweeper = asyncio.create_task(
+                _sweep_forever(self._l1, self.config.l1_sweep_interval), name="resync-l1-sweeper"
+            )
         if self._l2 is not None:
             try:
                 await self._l2.call(self._l2.backend.ping)
@@ -199,13 +199,6 @@ class CacheHierarchy:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
-
-    async def _sweep_forever(self) -> None:
-        assert self._l1 is not None
-        interval = self.config.l1_sweep_interval
-        while True:
-            await asyncio.sleep(interval)
-            self._l1.sweep(_SWEEP_BUDGET)
 
     # ------------------------------------------------------------------ reads
 
@@ -260,7 +253,8 @@ class CacheHierarchy:
                 namespace=self.config.namespace,
                 bytes=len(blob),
             )
-            self._spawn(self._delete_corrupt(full, blob))
+            if self._l2 is not None:
+                self._spawn(_delete_if_unchanged(self._l2, full, blob))
             return MISSING
         expires_at = envelope.expires_at
         if expires_at is not None and expires_at <= self._clock():
@@ -273,12 +267,6 @@ class CacheHierarchy:
             else:
                 self._promotions_skipped += 1
         return envelope.value
-
-    async def _delete_corrupt(self, full: bytes, blob: bytes) -> None:
-        l2 = self._l2
-        assert l2 is not None
-        with contextlib.suppress(L2Unavailable):
-            await l2.call(l2.backend.delete_if_value, full, blob)
 
     async def exists(self, key: str) -> bool:
         """True if ``key`` holds a live value in L1 or L2."""
@@ -319,9 +307,7 @@ class CacheHierarchy:
                 blobs = [None] * len(pending)
             for (key, full), blob, generation in zip(pending, blobs, generations, strict=True):
                 value = (
-                    MISSING
-                    if blob is None
-                    else self._accept_from_l2(key, full, blob, generation)
+                    MISSING if blob is None else self._accept_from_l2(key, full, blob, generation)
                 )
                 if value is MISSING:
                     self._misses += 1
@@ -684,6 +670,17 @@ class CacheHierarchy:
             return
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def _sweep_forever(l1: L1Store, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        l1.sweep(_SWEEP_BUDGET)
+
+
+async def _delete_if_unchanged(l2: GuardedL2, full: bytes, blob: bytes) -> None:
+    with contextlib.suppress(L2Unavailable):
+        await l2.call(l2.backend.delete_if_value, full, blob)
 
 
 def _ttl_ms(ttl_seconds: float | None) -> int | None:

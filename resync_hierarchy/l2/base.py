@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
 __all__ = ["L2Backend", "L2Error", "glob_escape"]
@@ -67,7 +67,7 @@ class L2Backend(Protocol):
         """Delete ``key`` only if it still holds exactly ``value`` (atomic)."""
         ...
 
-    def scan_prefix(self, prefix: bytes, batch: int = 500) -> AsyncIterator[list[bytes]]:
+    def scan_prefix(self, prefix: bytes, batch: int = 500) -> AsyncGenerator[list[bytes], None]:
         """Batches of the keys that start with ``prefix`` (SCAN: keys written
         during the scan may or may not be seen)."""
         ...

@@ -7,7 +7,8 @@ guard decides what happens next. Socket timeouts equal ``l2_timeout``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,7 +56,6 @@ def _client_from_url(parsed: ParsedURL, url: str, *, timeout: float, max_connect
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
         "max_connections": max_connections,
         "decode_responses": False,
         "health_check_interval": 0,
@@ -77,7 +77,11 @@ def _client_from_url(parsed: ParsedURL, url: str, *, timeout: float, max_connect
             if name in query:
                 common[name] = query[name]
         if "ssl_check_hostname" in query:
-            common["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
+            common["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in (
+                "1",
+                "true",
+                "yes",
+            )
     return aioredis.Redis(host=host, port=port, **common)
 
 
@@ -174,7 +178,9 @@ class RedisL2:
             raise translate_redis_error(exc) from exc
         return bool(result and result[0])
 
-    async def scan_prefix(self, prefix: bytes, batch: int = 500) -> AsyncIterator[list[bytes]]:
+    async def scan_prefix(
+        self, prefix: bytes, batch: int = 500
+    ) -> AsyncGenerator[list[bytes], None]:
         pattern = glob_escape(prefix) + b"*"
         cursor: int = 0
         while True:
@@ -208,6 +214,10 @@ class RedisL2:
     async def info(self) -> dict[str, Any]:
         try:
             raw: dict[str, Any] = await self._client.info()
+        except rexc.ResponseError as exc:
+            # An emulator without INFO, or an ACL user not allowed to run it:
+            # the server answers, it just will not say more about itself.
+            return {"unavailable": str(exc)}
         except (rexc.RedisError, OSError) as exc:
             raise translate_redis_error(exc) from exc
         wanted = (
@@ -225,7 +235,5 @@ class RedisL2:
         return {name: raw[name] for name in wanted if name in raw}
 
     async def aclose(self) -> None:
-        try:
+        with contextlib.suppress(rexc.RedisError, OSError):  # a broken pool must not fail shutdown
             await self._client.aclose()
-        except (rexc.RedisError, OSError):  # closing a broken pool must not fail shutdown
-            pass

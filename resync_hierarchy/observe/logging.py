@@ -24,7 +24,9 @@ def configure_cli_logging(*, json: bool | None = None, level: int = 30) -> None:
     """Logs to stderr: readable on a terminal, JSON lines when not (or when ``json``)."""
     as_json = (not sys.stderr.isatty()) if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

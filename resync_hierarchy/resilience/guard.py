@@ -35,7 +35,7 @@ _log = get_logger("resync_hierarchy.l2")
 _LOG_EVERY_SECONDS = 5.0
 
 
-class L2Unavailable(Exception):  # noqa: N818 - a state, not a bug: reads as "L2 unavailable"
+class L2Unavailable(Exception):
     """L2 could not answer within its deadline; ``kind`` says why."""
 
     def __init__(self, kind: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -12,6 +13,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import redis_server as rs
 from support.redis_server import RedisReplyError, RedisServer, RedisServerError
+
+from resync_hierarchy.testing import redis_server as impl
 
 _SENTINEL_KEY = "harness:flush-check"
 
@@ -129,11 +132,12 @@ def test_pause_times_out_and_resume_recovers(fresh_redis: RedisServer) -> None:
 
 
 def test_debug_command_is_enabled(fresh_redis: RedisServer) -> None:
-    if rs._major(rs.redis_server_version()) < 7:
+    if impl._major(impl.redis_server_version()) < 7:
         pytest.skip("--enable-debug-command needs Redis 7")
     assert fresh_redis.cli("DEBUG", "SLEEP", "0") == "OK"
 
 
+@pytest.mark.redis
 def test_stop_removes_process_and_dir_and_is_idempotent() -> None:
     rs.require_redis()
     server = RedisServer(extra_args=["--maxmemory", "10mb"])
@@ -148,6 +152,7 @@ def test_stop_removes_process_and_dir_and_is_idempotent() -> None:
     server.kill()
 
 
+@pytest.mark.redis
 def test_stop_works_on_a_paused_server() -> None:
     rs.require_redis()
     server = RedisServer().start()
@@ -177,8 +182,8 @@ def test_auto_port_collision_is_retried(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ports = iter([redis_server.port])
-    real_free_port = rs.free_port
-    monkeypatch.setattr(rs, "free_port", lambda: next(ports, None) or real_free_port())
+    real_free_port = impl.free_port
+    monkeypatch.setattr(impl, "free_port", lambda: next(ports, None) or real_free_port())
     server = RedisServer()
     try:
         server.start()
@@ -212,10 +217,24 @@ def test_missing_redis_policy(
     monkeypatch.delenv("RESYNC_REQUIRE_REDIS", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(rs, "redis_server_binary", lambda: None)
+    monkeypatch.setattr(impl, "redis_server_binary", lambda: None)
 
     assert rs.require_redis_reason() == rs.SKIP_REASON
     expected = pytest.skip.Exception if outcome == "skip" else pytest.fail.Exception
     with pytest.raises(expected) as excinfo:
         rs.require_redis()
     assert "apt-get install redis-server" in str(excinfo.value)
+
+
+def test_l2_url_parametrization(request: pytest.FixtureRequest, l2_url: str) -> None:
+    marked = request.node.get_closest_marker("redis") is not None
+    if request.node.callspec.id == "fakeredis":
+        assert l2_url == "fakeredis"
+        assert not marked
+    else:
+        assert l2_url.startswith("redis://127.0.0.1:")
+        assert ":6379/" not in l2_url
+        assert marked
+        port = urlsplit(l2_url).port
+        assert port is not None
+        assert rs.send_command(port, "DBSIZE") == 0

@@ -1,0 +1,7 @@
+"""Helpers for testing code that uses resync_hierarchy (shipped with the package)."""
+
+from __future__ import annotations
+
+from resync_hierarchy.testing.clock import FakeClock
+
+__all__ = ["FakeClock"]
