@@ -3,7 +3,7 @@
 ::
 
     caller ──► GuardedL2.call(op)
-                 │  asyncio.timeout(l2_timeout)   the deadline covers queueing too
+                 │  SharedDeadline(l2_timeout)   one timer for all calls; covers queueing too
                  │    FifoLimiter (l2_max_connections)
                  │      backend op (RedisL2: redis-py, no retries of its own)
                  ▼
@@ -23,6 +23,7 @@ from typing import ParamSpec, TypeVar
 
 from resync_hierarchy.l2.base import L2Backend, L2Error
 from resync_hierarchy.observe.logging import get_logger
+from resync_hierarchy.resilience.deadline import SharedDeadline
 from resync_hierarchy.resilience.limiter import FifoLimiter
 
 __all__ = ["GuardedL2", "L2Unavailable"]
@@ -54,6 +55,7 @@ class GuardedL2:
         self.backend = backend
         self.timeout = timeout
         self.limiter = FifoLimiter(max_in_flight)
+        self._deadline = SharedDeadline(timeout)
         self.errors: Counter[str] = Counter()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -65,13 +67,30 @@ class GuardedL2:
         return sum(self.errors.values())
 
     async def call(self, op: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``op(*args)`` under the deadline; raise :class:`L2Unavailable` on failure."""
-        return await self.call_within(self.timeout, op, *args, **kwargs)
+        """Run ``op(*args)`` within ``timeout``; raise :class:`L2Unavailable` on failure."""
+        entry = self._deadline.start()
+        limiter = self.limiter
+        try:
+            await limiter.acquire()
+            try:
+                result = await op(*args, **kwargs)
+            finally:
+                limiter.release()
+        except asyncio.CancelledError:
+            if entry.expired():
+                raise self._failed("timeout", f"no answer within {self.timeout}s") from None
+            raise
+        except L2Error as exc:
+            raise self._failed(exc.kind, str(exc)) from exc
+        finally:
+            entry.finish()
+        self.last_success_at = time.monotonic()
+        return result
 
     async def call_within(
         self, seconds: float, op: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Like :meth:`call` with a deadline of ``seconds`` (for scans such as clear)."""
+        """Like :meth:`call` with its own deadline of ``seconds`` (for long scans)."""
         try:
             async with asyncio.timeout(seconds):
                 await self.limiter.acquire()
