@@ -31,8 +31,10 @@ Throughput (completed requests / measured seconds), latency mean and
 p50/p95/p99/max (nearest-rank percentiles over every sample), L1 and L2 hit
 ratios and the miss ratio (shares of the reads, from ``get_stats()`` deltas
 over the measured window), errors, starved tasks, and the SLA checks
-(mean < 10 ms, p95 < 50 ms, error rate < 0.1 %). Exit status 0 when every
-SLA check passes, 1 otherwise.
+(mean < 10 ms, p95 < 50 ms, error rate < 0.1 %, and L2 error rate < 0.1 %:
+the cache hides Redis failures from callers, so without that check a run
+against a dead Redis would pass). Exit status 0 when every SLA check passes,
+1 otherwise.
 
 A task is *starved* when, in some full 1-second window of the measured run,
 it completed nothing although it had work due for at least half a second of
@@ -715,6 +717,7 @@ def build_document(
     joined = _delta(result, "loads_joined")
     l2_errors = _delta(result, "l2_errors")
     error_rate = _ratio(result.errors, requests)
+    l2_error_rate = _ratio(l2_errors, requests)
     mean_ms = mean_s * 1000
     p95_ms = percentile(latencies, 95) * 1000
     sla = {
@@ -735,6 +738,14 @@ def build_document(
             "limit": SLA_ERROR_RATE,
             "unit": "ratio",
             "pass": error_rate < SLA_ERROR_RATE and requests > 0,
+        },
+        # The cache absorbs L2 failures, so callers see no errors while Redis is
+        # down; a cache about to take traffic must not pass on a dead L2.
+        "l2_error_rate_lt_0.1pct": {
+            "value": round(l2_error_rate, 6),
+            "limit": SLA_ERROR_RATE,
+            "unit": "ratio",
+            "pass": l2_error_rate < SLA_ERROR_RATE,
         },
     }
     passed = all(check["pass"] for check in sla.values())
@@ -870,6 +881,7 @@ def format_text(doc: dict[str, Any]) -> str:
         "mean_lt_10ms": "mean latency < 10 ms",
         "p95_lt_50ms": "p95 latency < 50 ms",
         "error_rate_lt_0.1pct": "error rate < 0.1%",
+        "l2_error_rate_lt_0.1pct": "L2 error rate < 0.1%",
     }
     for name, check in doc["sla"].items():
         value = f"{check['value']:.3f} ms" if check["unit"] == "ms" else f"{check['value']:.3%}"

@@ -1,8 +1,11 @@
 """structlog loggers for the package.
 
-The library never configures logging globally: it asks structlog for a
-logger, and whatever the application configured applies. The CLI configures
-structlog for itself (readable on a terminal, JSON otherwise).
+The library never configures logging globally. When the application has
+configured structlog, our events go wherever it said. When it has not,
+structlog's default would print to stdout, which would corrupt the output of
+programs that print data (``--json``); our events then go to stderr instead,
+rendered readably on a terminal and as JSON lines otherwise. The CLI
+configures structlog for itself the same way.
 """
 
 from __future__ import annotations
@@ -15,24 +18,65 @@ import structlog
 __all__ = ["configure_cli_logging", "get_logger"]
 
 
-def get_logger(name: str) -> Any:
-    """A structlog logger bound to ``logger=name``."""
-    return structlog.get_logger(name).bind(logger=name)
+def _renderer(as_json: bool) -> Any:
+    if as_json:
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer(colors=False)
+
+
+def _fallback_processors() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _renderer(not sys.stderr.isatty()),
+    ]
+
+
+class _PackageLogger:
+    """Looks up the effective logger at each event (events are rare: state
+    changes and rate-limited errors), so configuring structlog after import
+    still takes effect, as does ``structlog.testing.capture_logs()``."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _target(self) -> Any:
+        if structlog.is_configured():
+            return structlog.get_logger(self._name).bind(logger=self._name)
+        return structlog.wrap_logger(
+            structlog.PrintLogger(file=sys.stderr),
+            processors=_fallback_processors(),
+            wrapper_class=structlog.make_filtering_bound_logger(20),
+        ).bind(logger=self._name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._target().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._target().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._target().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._target().error(event, **fields)
+
+
+def get_logger(name: str) -> _PackageLogger:
+    """The package's logger called ``name``."""
+    return _PackageLogger(name)
 
 
 def configure_cli_logging(*, json: bool | None = None, level: int = 30) -> None:
     """Logs to stderr: readable on a terminal, JSON lines when not (or when ``json``)."""
     as_json = (not sys.stderr.isatty()) if json is None else json
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if as_json
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            _renderer(as_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

@@ -192,7 +192,12 @@ async def test_short_embedded_run_counts_add_up_and_passes() -> None:
     assert doc["l1_hits"] > 0  # a small Zipf keyspace: hot keys come back
     lat = doc["latency_ms"]
     assert 0.0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-    assert set(doc["sla"]) == {"mean_lt_10ms", "p95_lt_50ms", "error_rate_lt_0.1pct"}
+    assert set(doc["sla"]) == {
+        "mean_lt_10ms",
+        "p95_lt_50ms",
+        "error_rate_lt_0.1pct",
+        "l2_error_rate_lt_0.1pct",
+    }
     assert all(isinstance(check["pass"], bool) for check in doc["sla"].values())
     assert doc["sla"]["error_rate_lt_0.1pct"]["pass"] is True
     assert doc["starved_tasks"] == 0
@@ -391,7 +396,6 @@ def test_embedded_backend_needs_fakeredis(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 # RedisL2 passes retry_on_timeout=False, which redis-py 6+ deprecates (not the bench's doing).
-@pytest.mark.filterwarnings("ignore:.*retry_on_timeout.*:DeprecationWarning")
 async def test_real_redis_run_leaves_nothing_behind(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -413,3 +417,20 @@ async def test_real_redis_run_leaves_nothing_behind(
         assert await client.get(b"other:keep") == b"1"
     finally:
         await client.aclose()
+
+
+async def test_dead_l2_fails_the_verdict_although_callers_see_no_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from resync_hierarchy.testing.redis_server import free_port
+
+    args = namespace_args(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", duration=0.5, json=True, **SMALL
+    )
+    code = await bench.run(args)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["errors"] == 0
+    assert doc["l2_errors"] > 0
+    assert doc["sla"]["l2_error_rate_lt_0.1pct"]["pass"] is False
+    assert doc["passed"] is False
+    assert code == 1
