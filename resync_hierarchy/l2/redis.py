@@ -28,14 +28,14 @@ def translate_redis_error(exc: BaseException) -> L2Error:
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, rexc.TimeoutError):
         return L2Error("timeout", message)
+    if isinstance(exc, rexc.BusyLoadingError):  # a ConnectionError subclass: test it first
+        return L2Error("busy", message)
     if isinstance(exc, (rexc.ConnectionError, rexc.MaxConnectionsError)):
         return L2Error("connection", message)
     if isinstance(exc, rexc.NoPermissionError):
         return L2Error("noperm", message)
     if isinstance(exc, rexc.ReadOnlyError):
         return L2Error("readonly", message)
-    if isinstance(exc, rexc.BusyLoadingError):
-        return L2Error("busy", message)
     if isinstance(exc, rexc.ResponseError):
         text = str(exc)
         if text.startswith("OOM"):
