@@ -255,10 +255,18 @@ class RedisServer:
 
     host = HOST
 
-    def __init__(self, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``config_file``: a redis.conf read first; the port, bind address,
+        data directory and persistence settings given here still win."""
         if port is not None and port in FORBIDDEN_PORTS:
             raise ValueError(f"port {port} is reserved for a server that is not ours")
         self.extra_args: tuple[str, ...] = tuple(extra_args)
+        self.config_file = None if config_file is None else os.fspath(config_file)
         self._port: int | None = port
         self._fixed_port = port is not None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -337,6 +345,7 @@ class RedisServer:
         d = self.directory
         args = [
             binary,
+            *([self.config_file] if self.config_file is not None else []),
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
