@@ -10,6 +10,7 @@ configures structlog for itself the same way.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -51,17 +52,23 @@ class _PackageLogger:
             wrapper_class=structlog.make_filtering_bound_logger(20),
         ).bind(logger=self._name)
 
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        # A broken log sink (a closed file, a full pipe) must never turn a
+        # cache operation into a failure: the event is dropped instead.
+        with contextlib.suppress(Exception):  # nowhere left to report it
+            getattr(self._target(), level)(event, **fields)
+
     def debug(self, event: str, **fields: Any) -> None:
-        self._target().debug(event, **fields)
+        self._emit("debug", event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
-        self._target().info(event, **fields)
+        self._emit("info", event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._target().warning(event, **fields)
+        self._emit("warning", event, fields)
 
     def error(self, event: str, **fields: Any) -> None:
-        self._target().error(event, **fields)
+        self._emit("error", event, fields)
 
 
 def get_logger(name: str) -> _PackageLogger:

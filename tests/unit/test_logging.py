@@ -43,3 +43,15 @@ def test_cli_logging_writes_json_lines_to_stderr(capsys: pytest.CaptureFixture[s
     assert out == ""
     record = json.loads(err.strip().splitlines()[-1])
     assert (record["event"], record["answer"], record["level"]) == ("boom", 42, "error")
+
+
+def test_a_broken_log_sink_never_fails_the_caller() -> None:
+    import io
+
+    sink = io.StringIO()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sink))
+    sink.close()
+    try:
+        get_logger("resync_hierarchy.test").warning("l2_error", kind="timeout")  # no raise
+    finally:
+        structlog.reset_defaults()
