@@ -24,6 +24,18 @@ l2_timeout                0.5             seconds: the most one L2 operation may
                                           take, queueing for a connection included
 l2_max_connections        64              L2 commands in flight at once (and the
                                           pool size); further callers queue FIFO
+l2_retries                2               retries of a quickly failing L2 call
+                                          (connection refused/reset, loading)
+l2_retry_backoff          0.01            seconds: full-jitter window of the first
+                                          retry; doubles each retry
+l2_retry_backoff_max      0.2             seconds: cap of that window
+breaker_failure_threshold 5               consecutive L2 failures that open the
+                                          circuit
+breaker_reset_timeout     5.0             seconds open before the one probe
+fail_safe_max_stale       300.0           seconds an expired L1 entry may still be
+                                          served while L2 is unavailable (0: off)
+recovery_queue_max        10_000          writes kept for replay while L2 is
+                                          unavailable (one per key)
 max_key_bytes             1024            UTF-8 bytes of a key
 max_value_bytes           1 MiB           bytes of an encoded value
 signing_key               None            secret; values carry an HMAC-SHA256
@@ -63,6 +75,13 @@ class HierarchyConfig:
     l1_sweep_interval: float = 1.0
     l2_timeout: float = 0.5
     l2_max_connections: int = 64
+    l2_retries: int = 2
+    l2_retry_backoff: float = 0.01
+    l2_retry_backoff_max: float = 0.2
+    breaker_failure_threshold: int = 5
+    breaker_reset_timeout: float = 5.0
+    fail_safe_max_stale: float = 300.0
+    recovery_queue_max: int = 10_000
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     signing_key: str | bytes | None = field(default=None, repr=False)
@@ -93,6 +112,13 @@ class HierarchyConfig:
         _check_number(self, "l1_sweep_interval", minimum=0.0)
         _check_positive_number(self, "l2_timeout")
         _check_int(self, "l2_max_connections", minimum=1)
+        _check_int(self, "l2_retries", minimum=0)
+        _check_number(self, "l2_retry_backoff", minimum=0.0)
+        _check_number(self, "l2_retry_backoff_max", minimum=0.0)
+        _check_int(self, "breaker_failure_threshold", minimum=1)
+        _check_positive_number(self, "breaker_reset_timeout")
+        _check_number(self, "fail_safe_max_stale", minimum=0.0)
+        _check_int(self, "recovery_queue_max", minimum=0)
         _check_int(self, "max_key_bytes", minimum=1)
         _check_int(self, "max_value_bytes", minimum=64)
         key = self.signing_key

@@ -42,7 +42,8 @@ from resync_hierarchy.hierarchy.singleflight import SingleFlight
 from resync_hierarchy.l1 import L1Store
 from resync_hierarchy.l2.base import L2Backend
 from resync_hierarchy.observe.logging import get_logger
-from resync_hierarchy.resilience.guard import GuardedL2, L2Unavailable
+from resync_hierarchy.resilience.guard import UNAVAILABLE_KINDS, GuardedL2, L2Unavailable
+from resync_hierarchy.resilience.recovery import PendingWrite, RecoveryQueue
 
 __all__ = ["CacheHierarchy"]
 
@@ -51,6 +52,14 @@ _log = get_logger("resync_hierarchy.hierarchy")
 _GENERATIONS = 1024  # stripes of the per-key write generation (a power of two)
 _SWEEP_BUDGET = 2000  # expired L1 entries reclaimed per sweeper tick at most
 _CLEAR_MIN_SECONDS = 10.0  # clear() scans the namespace: it gets a longer deadline
+_REPLAY_BATCH = 200  # pending writes replayed per round trip
+
+
+class _Unavailable:
+    """L2 did not answer: distinct from a miss, so fail-safe can step in."""
+
+
+_UNAVAILABLE = _Unavailable()
 
 
 def namespace_prefix(namespace: str) -> bytes:
@@ -85,6 +94,7 @@ class CacheHierarchy:
         self._codec = Codec(
             max_value_bytes=config.max_value_bytes, signing_key=config.signing_key_bytes
         )
+        backend = l2 if l2 is not None else _backend_for(config)
         self._l1: L1Store | None = (
             L1Store(
                 max_entries=config.l1_max_entries,
@@ -92,16 +102,29 @@ class CacheHierarchy:
                 shards=config.l1_shards,
                 max_ttl=config.l1_ttl,
                 clock=clock,
+                # Fail-safe keeps expired entries only while an L2 could fail.
+                stale_grace=config.fail_safe_max_stale if backend is not None else 0.0,
             )
             if config.l1_enabled
             else None
         )
-        backend = l2 if l2 is not None else _backend_for(config)
         self._l2: GuardedL2 | None = (
-            GuardedL2(backend, timeout=config.l2_timeout, max_in_flight=config.l2_max_connections)
+            GuardedL2(
+                backend,
+                timeout=config.l2_timeout,
+                max_in_flight=config.l2_max_connections,
+                retries=config.l2_retries,
+                retry_backoff=config.l2_retry_backoff,
+                retry_backoff_max=config.l2_retry_backoff_max,
+                breaker_failure_threshold=config.breaker_failure_threshold,
+                breaker_reset_timeout=config.breaker_reset_timeout,
+                on_available=self._l2_available,
+            )
             if backend is not None
             else None
         )
+        self._recovery = RecoveryQueue(config.recovery_queue_max)
+        self._replay_task: asyncio.Task[None] | None = None
         self._prefix = namespace_prefix(config.namespace)
         self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
         self._generations = [0] * _GENERATIONS
@@ -120,6 +143,9 @@ class CacheHierarchy:
         self._corrupt = 0
         self._promotions = 0
         self._promotions_skipped = 0
+        self._stale_served = 0
+        self._replayed = 0
+        self._replay_superseded = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -180,14 +206,21 @@ class CacheHierarchy:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._sweeper, *self._background) if t is not None]
+        tasks = [t for t in (self._sweeper, self._replay_task, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._recovery and self._l2 is not None:
+            _log.warning(
+                "shutdown_with_pending_writes",
+                namespace=self.config.namespace,
+                pending=len(self._recovery),
+                clear_pending=self._recovery.clear_version is not None,
+            )
         if self._l2 is not None:
-            await self._l2.backend.aclose()
+            await self._l2.aclose()
 
     async def stop(self) -> None:
         """Legacy alias of :meth:`shutdown`."""
@@ -221,13 +254,27 @@ class CacheHierarchy:
                 self._l1_hits += 1
                 return value
         value = await self._read_l2(key, full)
+        if value is _UNAVAILABLE:
+            value = self._fail_safe(key)
+        elif value is not MISSING:
+            self._l2_hits += 1
+            return value
         if value is MISSING:
             self._misses += 1
             return default
-        self._l2_hits += 1
+        return value
+
+    def _fail_safe(self, key: str) -> Any:
+        """L2 is unavailable: an expired L1 entry within fail_safe_max_stale, or MISSING."""
+        if self._l1 is None:
+            return MISSING
+        value = self._l1.get_stale(key)
+        if value is not MISSING:
+            self._stale_served += 1
         return value
 
     async def _read_l2(self, key: str, full: bytes) -> Any:
+        """The value of ``key`` in L2 (promoted into L1), MISSING, or _UNAVAILABLE."""
         l2 = self._l2
         if l2 is None:
             return MISSING
@@ -236,7 +283,11 @@ class CacheHierarchy:
         try:
             blob = await l2.call(l2.backend.get, full)
         except L2Unavailable:
-            return MISSING
+            return _UNAVAILABLE
+        if self._recovery:
+            pending = self._recovery.get(full)
+            if pending is not None:  # our newer write has not reached L2 yet
+                blob = pending.blob
         if blob is None:
             return MISSING
         return self._accept_from_l2(key, full, blob, generation)
@@ -301,11 +352,22 @@ class CacheHierarchy:
         if pending and l2 is not None:
             self._ensure_open()
             generations = [self._generation(k) for k, _ in pending]
+            available = True
             try:
                 blobs = await l2.call(l2.backend.get_many, [f for _, f in pending])
             except L2Unavailable:
+                available = False
                 blobs = [None] * len(pending)
-            for (key, full), blob, generation in zip(pending, blobs, generations, strict=True):
+            recovery = self._recovery
+            for (key, full), stored, generation in zip(pending, blobs, generations, strict=True):
+                blob = stored
+                if recovery and (queued := recovery.get(full)) is not None:
+                    blob = queued.blob
+                if not available:
+                    value = self._fail_safe(key)
+                    if value is not MISSING:
+                        found[key] = value
+                        continue
                 value = (
                     MISSING if blob is None else self._accept_from_l2(key, full, blob, generation)
                 )
@@ -356,13 +418,26 @@ class CacheHierarchy:
                 self._l1_hits += 1
                 return value
         value = await self._read_l2(key, full)
-        if value is not MISSING:
+        if value is not MISSING and value is not _UNAVAILABLE:
             self._l2_hits += 1
             return value
+        if value is _UNAVAILABLE:
+            stale = self._fail_safe(key)
+            if stale is not MISSING:
+                return stale
         self._misses += 1
-        produced = factory()
-        if inspect.isawaitable(produced):
-            produced = await produced
+        try:
+            produced = factory()
+            if inspect.isawaitable(produced):
+                produced = await produced
+        except Exception:
+            if self._l1 is not None:
+                stale = self._l1.get_stale(key)
+                if stale is not MISSING:
+                    self._stale_served += 1
+                    _log.warning("factory_failed_serving_stale", namespace=self.config.namespace)
+                    return stale
+            raise
         return await self._write(key, full, produced, ttl_seconds)
 
     # ------------------------------------------------------------------ writes
@@ -379,11 +454,19 @@ class CacheHierarchy:
     async def _write(self, key: str, full: bytes, value: Any, ttl_seconds: float | None) -> Any:
         self._ensure_open()
         expires_at = None if ttl_seconds is None else self._clock() + ttl_seconds
-        encoded = self._codec.encode(value, expires_at=expires_at, version=self._next_version())
+        version = self._next_version()
+        encoded = self._codec.encode(value, expires_at=expires_at, version=version)
         l2 = self._l2
         if l2 is not None:
-            with contextlib.suppress(L2Unavailable):
+            try:
                 await l2.call(l2.backend.set, full, encoded.blob, _ttl_ms(ttl_seconds))
+            except L2Unavailable as exc:
+                self._keep_for_replay(
+                    exc, PendingWrite(full, key, encoded.blob, version, expires_at)
+                )
+            else:
+                if self._recovery:
+                    self._recovery.supersede(full)
         self._bump(key)
         if self._l1 is not None:
             self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
@@ -396,23 +479,29 @@ class CacheHierarchy:
         ttl_seconds = self._resolve_ttl(ttl)
         expires_at = None if ttl_seconds is None else self._clock() + ttl_seconds
         ttl_ms = _ttl_ms(ttl_seconds)
+        versions = [self._next_version() for _ in mapping]
         items = [
-            (
-                key,
-                self._full_key(key),
-                self._codec.encode(value, expires_at=expires_at, version=self._next_version()),
-            )
-            for key, value in mapping.items()
+            (key, self._full_key(key), self._codec.encode(value, expires_at=expires_at, version=v))
+            for (key, value), v in zip(mapping.items(), versions, strict=True)
         ]
         if not items:
             return
         self._ensure_open()
         l2 = self._l2
         if l2 is not None:
-            with contextlib.suppress(L2Unavailable):
+            try:
                 await l2.call(
                     l2.backend.set_many, [(full, enc.blob, ttl_ms) for _, full, enc in items]
                 )
+            except L2Unavailable as exc:
+                for (key, full, enc), version in zip(items, versions, strict=True):
+                    self._keep_for_replay(
+                        exc, PendingWrite(full, key, enc.blob, version, expires_at)
+                    )
+            else:
+                if self._recovery:
+                    for _, full, _ in items:
+                        self._recovery.supersede(full)
         l1 = self._l1
         for key, _, encoded in items:
             self._bump(key)
@@ -435,8 +524,17 @@ class CacheHierarchy:
         in_l2 = [False] * len(wanted)
         l2 = self._l2
         if l2 is not None:
-            with contextlib.suppress(L2Unavailable):
+            try:
                 in_l2 = await l2.call(l2.backend.delete_many, fulls)
+            except L2Unavailable as exc:
+                for key, full in zip(wanted, fulls, strict=True):
+                    self._keep_for_replay(
+                        exc, PendingWrite(full, key, None, self._next_version(), None)
+                    )
+            else:
+                if self._recovery:
+                    for full in fulls:
+                        self._recovery.supersede(full)
         removed = 0
         l1 = self._l1
         for key, existed in zip(wanted, in_l2, strict=True):
@@ -458,11 +556,109 @@ class CacheHierarchy:
         l2 = self._l2
         if l2 is None:
             return
+        version = self._next_version()
         deadline = max(_CLEAR_MIN_SECONDS, 100 * l2.timeout)
         try:
             await l2.call_within(deadline, l2.backend.clear_prefix, self._prefix)
         except L2Unavailable as exc:
-            _log.warning("clear_failed", namespace=self.config.namespace, kind=exc.kind)
+            self._recovery.record_clear(version)
+            _log.warning("clear_kept_for_replay", namespace=self.config.namespace, kind=exc.kind)
+        else:
+            self._recovery.record_clear(version)
+            self._recovery.clear_version = None  # done: nothing older is left to replay
+
+    # ------------------------------------------------------------------ recovery
+
+    def _keep_for_replay(self, exc: L2Unavailable, write: PendingWrite) -> None:
+        """A write could not reach L2 because L2 is unavailable: keep it for
+        replay. Other failures (OOM, no permission) are counted, not kept:
+        Redis answered, and replaying would fail the same way."""
+        if exc.kind in UNAVAILABLE_KINDS:
+            self._recovery.record(write)
+
+    def _l2_available(self) -> None:
+        """L2 answers again (called by GuardedL2): replay what was kept."""
+        if (
+            self._recovery
+            and not self._closed
+            and (self._replay_task is None or self._replay_task.done())
+        ):
+            self._replay_task = asyncio.get_running_loop().create_task(
+                self._replay(), name="resync-replay"
+            )
+
+    async def _replay(self) -> None:
+        """Write what was kept during the outage, oldest first, each only if
+        L2 holds no newer version of the key. Stops at the first failure; the
+        next recovery resumes."""
+        l2 = self._l2
+        recovery = self._recovery
+        if l2 is None:
+            return
+        started = time.monotonic()
+        replayed_before = self._replayed + self._replay_superseded
+        try:
+            if recovery.clear_version is not None:
+                await self._replay_clear(l2, recovery.clear_version)
+                recovery.clear_version = None
+            while True:
+                batch = recovery.oldest(_REPLAY_BATCH)
+                if not batch:
+                    break
+                now = self._clock()
+                items: list[tuple[bytes, bytes | None, int, int | None]] = []
+                for write in batch:
+                    ttl_ms: int | None = None
+                    blob = write.blob
+                    if blob is not None and write.expires_at is not None:
+                        left = write.expires_at - now
+                        if left <= 0:
+                            blob = None  # expired meanwhile: what it replaced is gone too
+                        else:
+                            ttl_ms = max(1, round(left * 1000))
+                    items.append((write.full_key, blob, write.version, ttl_ms))
+                applied = await l2.call(l2.backend.write_if_newer, items)
+                for write, done in zip(batch, applied, strict=True):
+                    if not recovery.done(write):
+                        continue  # replaced while in flight: the newer one replays next
+                    if done:
+                        self._replayed += 1
+                    else:
+                        # Another process wrote a newer value meanwhile: ours is
+                        # outdated, and so is the copy in this process's L1.
+                        self._replay_superseded += 1
+                        self._bump(write.key)
+                        if self._l1 is not None:
+                            self._l1.delete(write.key)
+        except L2Unavailable as exc:
+            _log.warning(
+                "replay_interrupted",
+                namespace=self.config.namespace,
+                kind=exc.kind,
+                pending=len(recovery),
+            )
+            return
+        _log.info(
+            "replay_done",
+            namespace=self.config.namespace,
+            writes=self._replayed + self._replay_superseded - replayed_before,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def _replay_clear(self, l2: GuardedL2, version: int) -> None:
+        """Delete the namespace's keys written before the ``clear()`` at ``version``."""
+        pages = l2.backend.scan_prefix(self._prefix)
+        try:
+            while True:
+                try:
+                    page = await l2.call(anext, pages)
+                except StopAsyncIteration:
+                    return
+                await l2.call(
+                    l2.backend.write_if_newer, [(key, None, version, None) for key in page]
+                )
+        finally:
+            await pages.aclose()
 
     # ------------------------------------------------------------------ introspection
 
@@ -495,7 +691,15 @@ class CacheHierarchy:
             "promotions_skipped": self._promotions_skipped,
             "loads": self._flight.started,
             "loads_joined": self._flight.joined,
-            "circuit_state": "closed",
+            "stale_served": self._stale_served,
+            "l2_retries": l2.retried if l2 is not None else 0,
+            "l2_short_circuited": l2.short_circuited if l2 is not None else 0,
+            "circuit_state": l2.circuit_state if l2 is not None else "closed",
+            "circuit_opens": l2.breaker.opens if l2 is not None else 0,
+            "recovery_pending": len(self._recovery),
+            "recovery_overflowed": self._recovery.overflowed,
+            "recovery_replayed": self._replayed,
+            "recovery_superseded": self._replay_superseded,
         }
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[list[str]]:
@@ -592,7 +796,9 @@ class CacheHierarchy:
             "in_flight": l2.limiter.in_use,
             "waiting": l2.limiter.waiting,
             "errors": l2.error_count,
-            "circuit_state": "closed",
+            "circuit_state": l2.circuit_state,
+            "recovery_pending": len(self._recovery),
+            "recovery_overflowed": self._recovery.overflowed,
         }
         started = time.perf_counter()
         try:

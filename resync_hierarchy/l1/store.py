@@ -42,6 +42,11 @@ the entry leaves L1 at ``min(expires_at, now + max_ttl)`` (its *deadline*).
 An entry is dead from its deadline on (``clock() >= deadline``): ``get``
 never returns it, and removes it when it finds it (lazy expiry).
 
+With ``stale_grace`` (fail-safe), a dead entry is kept, still counted
+against the bounds and still evictable, for ``stale_grace`` more seconds:
+``get`` never returns it, :meth:`L1Store.get_stale` does. It is removed once
+``clock() >= deadline + stale_grace``.
+
 Expired entries nobody reads are reclaimed by :meth:`L1Store.sweep`. Each
 stripe keeps a timer wheel: a dict from whole second ``ceil(deadline)`` to
 the set of keys due then, plus a min-heap of those seconds. Removing an
@@ -90,6 +95,7 @@ class _Stripe:
         "data",
         "evictions",
         "expirations",
+        "grace",
         "heap",
         "lock",
         "max_bytes",
@@ -100,7 +106,10 @@ class _Stripe:
         "wheel",
     )
 
-    def __init__(self, max_entries: int, max_bytes: int, policy: PolicyFactory) -> None:
+    def __init__(
+        self, max_entries: int, max_bytes: int, policy: PolicyFactory, grace: float = 0.0
+    ) -> None:
+        self.grace = grace
         self.lock = threading.Lock()
         self.data: OrderedDict[str, _Entry] = OrderedDict()
         self.policy: EvictionPolicy = policy(self.data)
@@ -119,7 +128,7 @@ class _Stripe:
         self.bytes -= entry[2]
         deadline = entry[1]
         if deadline is not None:
-            second = math.ceil(deadline)
+            second = math.ceil(deadline + self.grace)
             bucket = self.wheel.get(second)
             if bucket is not None:
                 bucket.discard(key)
@@ -133,8 +142,8 @@ class _Stripe:
         self.expirations += 1
 
     def schedule(self, key: str, deadline: float) -> None:
-        """Put ``key`` in the wheel bucket of ``deadline``."""
-        second = math.ceil(deadline)
+        """Put ``key`` in the wheel bucket of its removal time (deadline + grace)."""
+        second = math.ceil(deadline + self.grace)
         wheel = self.wheel
         bucket = wheel.get(second)
         if bucket is not None:
@@ -193,7 +202,7 @@ class _Stripe:
             if entry[2] > self.max_bytes:
                 raise AssertionError(f"oversized entry {key!r} stored")
             if entry[1] is not None:
-                expected.setdefault(math.ceil(entry[1]), set()).add(key)
+                expected.setdefault(math.ceil(entry[1] + self.grace), set()).add(key)
         if expected != self.wheel:
             raise AssertionError("timer wheel does not match the entries")
         if not set(self.wheel) <= set(self.heap):
@@ -231,6 +240,7 @@ class L1Store:
         max_ttl: float | None = None,
         clock: Clock = wall_clock,
         policy: PolicyFactory = LRUPolicy,
+        stale_grace: float = 0.0,
     ) -> None:
         if max_entries < 0:
             raise ConfigurationError(f"max_entries must be >= 0, got {max_entries}")
@@ -243,6 +253,9 @@ class L1Store:
                 raise ConfigurationError(f"max_ttl must be > 0 seconds or None, got {max_ttl}")
             if max_ttl == _INF:
                 max_ttl = None
+        if not stale_grace >= 0 or stale_grace == _INF:
+            raise ConfigurationError(f"stale_grace must be a finite number >= 0, got {stale_grace}")
+        self._grace = float(stale_grace)
         self.enabled: bool = max_entries > 0
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -258,6 +271,7 @@ class L1Store:
                 entries_each + (i < entries_extra),
                 bytes_each + (i < bytes_extra),
                 policy,
+                self._grace,
             )
             for i in range(stripes)
         ]
@@ -277,13 +291,30 @@ class L1Store:
             entry = stripe.data.get(key)
             if entry is None:
                 return MISSING
-            if entry[1] is not None and entry[1] <= self._clock():
-                stripe.expire(key, entry)
-                return MISSING
+            if entry[1] is not None:
+                now = self._clock()
+                if entry[1] <= now:
+                    if now >= entry[1] + stripe.grace:
+                        stripe.expire(key, entry)
+                    return MISSING
             stripe.touch(key)
             return entry[0]
         finally:
             lock.release()
+
+    def get_stale(self, key: str) -> Any | Missing:
+        """The value under ``key`` even if expired, as long as it is within
+        ``stale_grace`` seconds of its deadline (for fail-safe serving while
+        the shared tier is unavailable); else MISSING. Not an LRU touch."""
+        stripe = self._stripes[hash(key) & self._mask]
+        with stripe.lock:
+            entry = stripe.data.get(key)
+            if entry is None:
+                return MISSING
+            if entry[1] is not None and self._clock() >= entry[1] + stripe.grace:
+                stripe.expire(key, entry)
+                return MISSING
+            return entry[0]
 
     def get_with_expiry(self, key: str) -> tuple[Any, float | None] | None:
         """``(value, expires_at)`` of the live entry under ``key`` (an LRU touch),
@@ -297,7 +328,8 @@ class L1Store:
             if entry is None:
                 return None
             if entry[1] is not None and entry[1] <= self._clock():
-                stripe.expire(key, entry)
+                if self._clock() >= entry[1] + stripe.grace:
+                    stripe.expire(key, entry)
                 return None
             stripe.touch(key)
             return entry[0], entry[3]
@@ -315,7 +347,8 @@ class L1Store:
             if entry is None:
                 return False
             if entry[1] is not None and entry[1] <= self._clock():
-                stripe.expire(key, entry)
+                if self._clock() >= entry[1] + stripe.grace:
+                    stripe.expire(key, entry)
                 return False
             return True
         finally:
@@ -414,8 +447,8 @@ class L1Store:
         skips of stale wheel seconds, each O(log n)) plus one brief visit per
         stripe, never a scan. Stripes are visited round-robin, resuming where
         the previous call stopped, each lock held for at most 256 removals.
-        An entry becomes due for the sweep at ``ceil(deadline)`` (whole
-        seconds). Calling it periodically reclaims every expired entry. A
+        An entry becomes due for the sweep at ``ceil(deadline + stale_grace)``
+        (whole seconds). Calling it periodically reclaims every expired entry. A
         return below ``budget`` normally means nothing more is due; it can
         also mean the call spent its skip allowance on stale seconds (of
         buckets emptied by deletes, overwrites and evictions), which the next

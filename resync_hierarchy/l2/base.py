@@ -63,6 +63,13 @@ class L2Backend(Protocol):
 
     async def exists(self, key: bytes) -> bool: ...
 
+    async def write_if_newer(
+        self, items: Sequence[tuple[bytes, bytes | None, int, int | None]]
+    ) -> list[bool]:
+        """Apply each ``(key, envelope or None to delete, version, ttl_ms)``
+        unless the stored envelope carries a newer version; one round trip."""
+        ...
+
     async def delete_if_value(self, key: bytes, value: bytes) -> bool:
         """Delete ``key`` only if it still holds exactly ``value`` (atomic)."""
         ...

@@ -20,7 +20,33 @@ from resync_hierarchy._url import ParsedURL, redact_url
 from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.l2.base import L2Error, glob_escape
 
-__all__ = ["RedisL2", "translate_redis_error"]
+__all__ = ["WRITE_IF_NEWER_LUA", "RedisL2", "translate_redis_error"]
+
+WRITE_IF_NEWER_LUA = """
+-- KEYS[1]: the key. ARGV[1]: the write's version, 8 bytes big-endian.
+-- ARGV[2]: the envelope to store, or '' to delete. ARGV[3]: TTL in ms, or ''.
+-- Applies the write unless the stored envelope (format byte 1) carries a
+-- newer version (bytes 11-18, big-endian, compared byte by byte: string
+-- comparison in Lua depends on the locale). Returns 1 if applied, else 0.
+local current = redis.call('GET', KEYS[1])
+if current and #current >= 18 and string.byte(current, 1) == 1 then
+  for i = 1, 8 do
+    local stored, mine = string.byte(current, 10 + i), string.byte(ARGV[1], i)
+    if stored ~= mine then
+      if stored > mine then return 0 end
+      break
+    end
+  end
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
 
 
 def translate_redis_error(exc: BaseException) -> L2Error:
@@ -95,6 +121,7 @@ class RedisL2:
     def __init__(self, client: Any, *, description: str = "redis") -> None:
         self._client = client
         self._description = description
+        self._write_if_newer = client.register_script(WRITE_IF_NEWER_LUA)
 
     @classmethod
     def from_parsed_url(
@@ -161,6 +188,29 @@ class RedisL2:
             return bool(await self._client.exists(key))
         except (rexc.RedisError, OSError) as exc:
             raise translate_redis_error(exc) from exc
+
+    async def write_if_newer(
+        self, items: Sequence[tuple[bytes, bytes | None, int, int | None]]
+    ) -> list[bool]:
+        """Apply each ``(key, envelope or None to delete, version, ttl_ms)``
+        unless Redis holds a newer version of that key; one round trip.
+        True where applied."""
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, blob, version, ttl_ms in items:
+                    await self._write_if_newer(
+                        keys=[key],
+                        args=[
+                            version.to_bytes(8, "big"),
+                            b"" if blob is None else blob,
+                            b"" if ttl_ms is None else str(ttl_ms).encode(),
+                        ],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return [bool(r) for r in results]
 
     async def delete_if_value(self, key: bytes, value: bytes) -> bool:
         try:

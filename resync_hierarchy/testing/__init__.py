@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from resync_hierarchy.testing.clock import FakeClock
+from resync_hierarchy.testing.proxy import FaultProxy
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "FaultProxy"]

@@ -31,12 +31,15 @@ import random
 import socket
 import struct
 from collections import Counter
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Final, Self, TypedDict
+from typing import Final, Self, TypedDict, TypeVar
 
 from resync_hierarchy.testing.redis_server import FORBIDDEN_PORTS, HOST
 
 __all__ = ["FaultProxy", "ProxyStats", "RespCommandParser"]
+
+_T = TypeVar("_T")
 
 _CHUNK: Final = 64 * 1024
 _QUEUE_CHUNKS: Final = 64  # per direction; the reader waits when it is full (backpressure)
@@ -78,7 +81,8 @@ class RespCommandParser:
     def broken(self) -> bool:
         return self._state == _BROKEN
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Parse one more chunk; False once the stream is :attr:`broken`."""
         pos, end = 0, len(data)
         while pos < end and self._state != _BROKEN:
             if self._state == _BULK_BODY:
@@ -95,12 +99,13 @@ class RespCommandParser:
                 self._line += data[pos:]
                 if len(self._line) > _MAX_LINE:
                     self._break()
-                return
+                return not self.broken
             self._line += data[pos:nl]
             pos = nl + 1
             line = bytes(self._line).removesuffix(b"\r")
             self._line.clear()
             self._on_line(line)
+        return not self.broken
 
     def _on_line(self, line: bytes) -> None:
         if self._state == _ARRAY:
@@ -111,9 +116,8 @@ class RespCommandParser:
                 if words:
                     self._count(words[0])
                 return
-            try:
-                n = int(line[1:])
-            except ValueError:
+            n = _parse_int(line, b"*")
+            if n is None:
                 self._break()
                 return
             if n > 0:
@@ -122,13 +126,8 @@ class RespCommandParser:
                 self._state = _BULK_HEADER
             return
         # _BULK_HEADER
-        try:
-            if line[:1] != b"$":
-                raise ValueError(line)
-            length = int(line[1:])
-            if length < 0:
-                raise ValueError(line)
-        except ValueError:
+        length = _parse_int(line, b"$")
+        if length is None or length < 0:
             self._break()
             return
         if self._want_name:
@@ -155,6 +154,15 @@ class RespCommandParser:
         self._name = None
 
 
+def _parse_int(line: bytes, prefix: bytes) -> int | None:
+    if not line.startswith(prefix):
+        return None
+    try:
+        return int(line[len(prefix) :])
+    except ValueError:
+        return None
+
+
 # --------------------------------------------------------------------------- the proxy
 
 
@@ -173,8 +181,8 @@ class ProxyStats(TypedDict):
     protocol_errors: int  # connections whose client stream could not be parsed as RESP
 
 
-def _check_loopback(host: str, what: str) -> None:
-    if host == "localhost":
+def _check_loopback(host: str, what: str, *, allow_name: bool) -> None:
+    if allow_name and host == "localhost":
         return
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -194,17 +202,22 @@ def _abort(writer: asyncio.StreamWriter, *, rst: bool) -> None:
     writer.transport.abort()
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    """Flush and close; abort if the peer does not let us finish in time."""
-    if writer.transport.is_closing():
-        writer.transport.abort()  # make sure the socket goes even if a close() is pending
-        return
-    writer.close()
+async def _close_all(writers: list[asyncio.StreamWriter], tasks: list[asyncio.Task[None]]) -> None:
+    """Close (flushing what is buffered), wait for ``tasks`` and the closes a little,
+    then abort whatever is left: no transport survives this, even when cancelled."""
+    for writer in writers:
+        writer.close()  # synchronous: every transport is closing from here on
     try:
         async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await writer.wait_closed()
-    except (OSError, TimeoutError):
-        writer.transport.abort()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in writers:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except TimeoutError:
+        pass
+    finally:
+        for writer in writers:
+            writer.transport.abort()  # no-op once closed
 
 
 class _Link:
@@ -214,7 +227,6 @@ class _Link:
         self.client = client
         self.upstream: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.was_cut = False
 
     def writers(self) -> list[asyncio.StreamWriter]:
         return [self.client] if self.upstream is None else [self.client, self.upstream]
@@ -245,8 +257,8 @@ class FaultProxy:
     ) -> None:
         if upstream_port in FORBIDDEN_PORTS:
             raise ValueError(f"refusing to proxy to port {upstream_port}: it is not ours")
-        _check_loopback(upstream_host, "upstream host")
-        _check_loopback(host, "listening host")
+        _check_loopback(upstream_host, "upstream host", allow_name=True)
+        _check_loopback(host, "listening host (an IP literal)", allow_name=False)
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.host = host
@@ -255,7 +267,7 @@ class FaultProxy:
         self._port: int | None = None
         self._server: asyncio.Server | None = None
         self._stopping = False
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()  # every task we started, until done
         self._links: set[_Link] = set()
         self._random = random.Random()  # noqa: S311 - jitter, not crypto
         # fault modes
@@ -290,7 +302,8 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/0"
 
     @property
     def is_running(self) -> bool:
@@ -353,7 +366,7 @@ class FaultProxy:
         """
         links = list(self._links)
         for link in links:
-            link.was_cut = True
+            self._links.discard(link)
             link.abort(rst=True)
         self._cut += len(links)
         return len(links)
@@ -390,13 +403,17 @@ class FaultProxy:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Listen on ``host:port`` (port 0: a free one, see :attr:`port`); returns self."""
+        """Listen on ``host:port`` and return self.
+
+        Port 0 picks a free one (see :attr:`port`); started again after :meth:`stop`,
+        the proxy comes back on the port it had, so clients keep their URL, and with
+        the fault modes it had (call :meth:`heal` for plain forwarding).
+        """
         if self._server is not None:
             raise RuntimeError(f"{self!r} is already running")
         self._stopping = False
-        server = await asyncio.start_server(
-            self._on_connect, self.host, self._requested_port, limit=_CHUNK
-        )
+        port = self._requested_port or self._port or 0
+        server = await asyncio.start_server(self._on_connect, self.host, port, limit=_CHUNK)
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1])
         return self
@@ -408,15 +425,17 @@ class FaultProxy:
         if server is not None:
             server.close()
         for link in list(self._links):
+            self._links.discard(link)
             link.abort(rst=False)
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        if handlers:
-            await asyncio.gather(*handlers, return_exceptions=True)
+        for _ in range(10):  # a cancelled handler may still be winding its pumps down
+            tasks = list(self._tasks)
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if server is not None:
             await server.wait_closed()
-        self._open.set()  # wake nobody: all waiters are gone; leaves the event clean
 
     async def __aenter__(self) -> Self:
         if self._server is None:
@@ -444,9 +463,13 @@ class FaultProxy:
             self._rejected += 1
             _abort(writer, rst=True)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        self._spawn(self._serve(reader, writer))
+
+    def _spawn(self, coro: Coroutine[object, object, _T]) -> asyncio.Task[_T]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = _Link(writer)
@@ -466,12 +489,11 @@ class FaultProxy:
             parser = RespCommandParser(self._commands)
             up: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE_CHUNKS)
             down: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE_CHUNKS)
-            create = asyncio.get_running_loop().create_task
             link.tasks = [
-                create(self._read_pump(reader, up, parser)),
-                create(self._read_pump(up_reader, down, None)),
-                create(self._write_pump(up, link.upstream, upstream=True)),
-                create(self._write_pump(down, writer, upstream=False)),
+                self._spawn(self._read_pump(reader, up, parser)),
+                self._spawn(self._read_pump(up_reader, down, None)),
+                self._spawn(self._write_pump(up, link.upstream, upstream=True)),
+                self._spawn(self._write_pump(down, writer, upstream=False)),
             ]
             # Done when either writer is done (EOF passed on, a write failed) or cut.
             await asyncio.wait(link.tasks[2:], return_when=asyncio.FIRST_COMPLETED)
@@ -479,33 +501,26 @@ class FaultProxy:
             self._links.discard(link)
             for task in link.tasks:
                 task.cancel()
-            if link.tasks:
-                await asyncio.gather(*link.tasks, return_exceptions=True)
-                if link.tasks[0].done() and not link.tasks[0].cancelled():
-                    pass
-            for w in link.writers():
-                await _close(w)
+            await _close_all(link.writers(), link.tasks)
 
     async def _sink(self, reader: asyncio.StreamReader) -> None:
         """Read and drop until healed or the client goes away."""
-        healed = asyncio.get_running_loop().create_task(self._open.wait())
+        healed = self._spawn(self._open.wait())
+        read: asyncio.Task[bytes] | None = None
         try:
-            while self._blackholed:
-                read = asyncio.ensure_future(reader.read(_CHUNK))
-                try:
-                    await asyncio.wait({read, healed}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, OSError):
-                        data = await read
-                if not read.cancelled() and read.exception() is None:
-                    if not data:
-                        return
-                    self._bytes_dropped += len(data)
+            while not healed.done():
+                read = self._spawn(reader.read(_CHUNK))
+                await asyncio.wait({read, healed}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    return  # healed; the finally cancels the read
+                if read.cancelled() or read.exception() is not None or not (data := read.result()):
+                    return  # the client went away
+                self._bytes_dropped += len(data)
         finally:
-            healed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await healed
+            pending = [t for t in (healed, read) if t is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _read_pump(
         self,
@@ -523,10 +538,8 @@ class FaultProxy:
             if not data:
                 await queue.put(None)
                 return
-            if parser is not None and not parser.broken:
-                parser.feed(data)
-                if parser.broken:
-                    self._protocol_errors += 1
+            if parser is not None and not parser.broken and not parser.feed(data):
+                self._protocol_errors += 1
             if self._blackholed:
                 self._bytes_dropped += len(data)
                 continue

@@ -63,7 +63,9 @@ async def test_l1_off_and_redis_down_reports_down() -> None:
 
 
 async def test_hung_server_never_holds_callers_past_l2_timeout(fresh_redis: RedisServer) -> None:
-    cache = CacheHierarchy.from_url(fresh_redis.url, namespace="t", l2_timeout=TIMEOUT)
+    cache = CacheHierarchy.from_url(
+        fresh_redis.url, namespace="t", l2_timeout=TIMEOUT, breaker_reset_timeout=0.3
+    )
     async with cache:
         await cache.set("warm", "in-l1")
         await cache.set("cold", "only-l2")
@@ -100,10 +102,24 @@ async def test_hung_server_never_holds_callers_past_l2_timeout(fresh_redis: Redi
         for _, took in results:
             assert took < TIMEOUT + ALLOWANCE
         assert elapsed < TIMEOUT + ALLOWANCE
-        assert cache.get_stats()["l2_errors_by_kind"].get("timeout", 0) >= 4
-        # Once the server answers again, the same cache uses it again.
-        await cache.set("after", "ok")
+        stats = cache.get_stats()
+        assert stats["l2_errors_by_kind"].get("timeout", 0) >= 4
+        assert stats["circuit_state"] == "open"  # five timeouts in a row
+        assert stats["recovery_pending"] == 5  # new, cold, a, b, zzz: last operation per key
+        # Once the server answers again, the probe closes the circuit and the
+        # writes made during the outage are replayed.
+        deadline = time.monotonic() + 0.3 + 1.0
+        while cache.get_stats()["recovery_pending"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert cache.get_stats()["circuit_state"] == "closed"
+        assert cache.get_stats()["recovery_pending"] == 0
         async with CacheHierarchy.from_url(fresh_redis.url, namespace="t") as reader:
+            assert await reader.get_many(["new", "a", "b", "cold", "warm"]) == {
+                "new": 1,
+                "b": 2,
+                "warm": "in-l1",
+            }
+            await cache.set("after", "ok")
             assert await reader.get("after") == "ok"
 
 

@@ -791,3 +791,46 @@ TestL1MultiStripeBounds.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# ---------------------------------------------------------------------------- stale grace
+
+
+def test_stale_grace_keeps_dead_entries_for_get_stale_only() -> None:
+    clock = FakeClock()
+    store = L1Store(max_entries=10, max_bytes=100_000, shards=1, clock=clock, stale_grace=30)
+    store.set("k", "v", expires_at=clock() + 10, size=10)
+    assert store.get_stale("k") == "v"  # live values are returned too
+    clock.advance(10)
+    assert store.get("k") is MISSING
+    assert not store.contains("k")
+    assert store.get_with_expiry("k") is None
+    assert store.get_stale("k") == "v"  # dead, but within the grace
+    assert len(store) == 1
+    clock.advance(29.9)
+    assert store.get_stale("k") == "v"
+    clock.advance(0.1)
+    assert store.get_stale("k") is MISSING
+    assert len(store) == 0
+    store._check_invariants()
+
+
+def test_stale_grace_entries_are_swept_after_the_grace() -> None:
+    clock = FakeClock()
+    store = L1Store(max_entries=100, max_bytes=100_000, shards=4, clock=clock, stale_grace=5)
+    for i in range(20):
+        store.set(f"k{i}", i, expires_at=clock() + 1, size=10)
+    clock.advance(3)
+    assert store.sweep(1000) == 0  # dead but within the grace
+    assert store.get_stale("k3") == 3
+    clock.advance(4)
+    assert store.sweep(1000) == 20
+    assert len(store) == 0
+    store._check_invariants()
+
+
+def test_stale_grace_must_be_finite_and_not_negative() -> None:
+    with pytest.raises(ConfigurationError):
+        L1Store(max_entries=1, max_bytes=1000, stale_grace=-1)
+    with pytest.raises(ConfigurationError):
+        L1Store(max_entries=1, max_bytes=1000, stale_grace=math.inf)
