@@ -125,6 +125,7 @@ class CacheHierarchy:
         )
         self._recovery = RecoveryQueue(config.recovery_queue_max)
         self._replay_task: asyncio.Task[None] | None = None
+        self._replay_wakeup = asyncio.Event()
         self._prefix = namespace_prefix(config.namespace)
         self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
         self._generations = [0] * _GENERATIONS
@@ -575,26 +576,43 @@ class CacheHierarchy:
         Redis answered, and replaying would fail the same way."""
         if exc.kind in UNAVAILABLE_KINDS:
             self._recovery.record(write)
+            self._ensure_replayer()
 
     def _l2_available(self) -> None:
-        """L2 answers again (called by GuardedL2): replay what was kept."""
-        if (
-            self._recovery
-            and not self._closed
-            and (self._replay_task is None or self._replay_task.done())
-        ):
-            self._replay_task = asyncio.get_running_loop().create_task(
-                self._replay(), name="resync-replay"
-            )
+        """L2 answers again (called by GuardedL2): replay what was kept now."""
+        if self._recovery:
+            self._replay_wakeup.set()
+            self._ensure_replayer()
 
-    async def _replay(self) -> None:
+    def _ensure_replayer(self) -> None:
+        if self._closed or (self._replay_task is not None and not self._replay_task.done()):
+            return
+        self._replay_task = asyncio.get_running_loop().create_task(
+            self._replay_until_done(), name="resync-replay"
+        )
+
+    async def _replay_until_done(self) -> None:
+        """Replay until nothing is pending. After a failed attempt, wait for
+        L2 to come back (woken by GuardedL2) or ``breaker_reset_timeout``,
+        whichever is first, so writes are replayed even in a process whose
+        reads all hit L1 and that makes no L2 call of its own."""
+        wakeup = self._replay_wakeup
+        while self._recovery and not self._closed:
+            wakeup.clear()
+            if await self._replay():
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.breaker_reset_timeout):
+                    await wakeup.wait()
+
+    async def _replay(self) -> bool:
         """Write what was kept during the outage, oldest first, each only if
-        L2 holds no newer version of the key. Stops at the first failure; the
-        next recovery resumes."""
+        L2 holds no newer version of the key. Returns False at the first
+        failure (what is left stays queued)."""
         l2 = self._l2
         recovery = self._recovery
-        if l2 is None:
-            return
+        if l2 is None:  # pragma: no cover - nothing is kept without an L2
+            return True
         started = time.monotonic()
         replayed_before = self._replayed + self._replay_superseded
         try:
@@ -631,19 +649,21 @@ class CacheHierarchy:
                         if self._l1 is not None:
                             self._l1.delete(write.key)
         except L2Unavailable as exc:
-            _log.warning(
-                "replay_interrupted",
-                namespace=self.config.namespace,
-                kind=exc.kind,
-                pending=len(recovery),
-            )
-            return
+            if exc.kind != "circuit_open":
+                _log.warning(
+                    "replay_interrupted",
+                    namespace=self.config.namespace,
+                    kind=exc.kind,
+                    pending=len(recovery),
+                )
+            return False
         _log.info(
             "replay_done",
             namespace=self.config.namespace,
             writes=self._replayed + self._replay_superseded - replayed_before,
             seconds=round(time.monotonic() - started, 3),
         )
+        return True
 
     async def _replay_clear(self, l2: GuardedL2, version: int) -> None:
         """Delete the namespace's keys written before the ``clear()`` at ``version``."""

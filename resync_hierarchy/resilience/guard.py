@@ -274,4 +274,5 @@ class GuardedL2:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.backend.aclose()
+        with contextlib.suppress(L2Error):  # a broken connection must not fail shutdown
+            await self.backend.aclose()
