@@ -4,11 +4,15 @@
     python scripts/bench_paths.py                 # starts a private redis-server
     python scripts/bench_paths.py --redis-url redis://127.0.0.1:6390/0 --json
 
-Paths (median ns per call over interleaved rounds):
+Paths (median ns per call over interleaved rounds; ratios are the median of
+the per-round ratios, each round's sides measured back to back):
   floor      an ``async def`` returning ``dict.get(key)``
   l1_hit     ``CacheHierarchy.get`` answered by L1 (memory://)
   raw_l2     redis.asyncio ``GET`` + ``msgpack.unpackb`` (hiredis parser)
   l2_hit     ``CacheHierarchy.get`` answered by L2 (L1 off), same server
+  l2_bare    the same, with the resilience guard (deadline, FIFO limiter,
+             breaker, retries) replaced by a plain pass-through: the guard's
+             cost is l2_hit / l2_bare
 
 Rounds of the two sides of each ratio alternate, so drift in machine load
 affects both alike. Nothing here is a pass/fail test: it reports.
@@ -53,12 +57,18 @@ async def interleaved(
     return samples
 
 
+def paired_ratio(values: list[float], base: list[float]) -> float:
+    """Median over rounds of the ratio within each round: the two sides of a
+    round ran back to back, so load that drifts between rounds cancels out."""
+    return statistics.median(v / b for v, b in zip(values, base, strict=True))
+
+
 def summary(samples: dict[str, list[float]], floor: str) -> dict[str, dict[str, float]]:
-    base = statistics.median(samples[floor])
+    base = samples[floor]
     return {
         name: {
             "median_ns": round(statistics.median(values), 1),
-            "ratio": round(statistics.median(values) / base, 3),
+            "ratio": round(paired_ratio(values, base), 3),
         }
         for name, values in samples.items()
     }
@@ -80,20 +90,32 @@ async def l1_paths(calls: int, rounds: int) -> dict[str, dict[str, float]]:
 async def l2_paths(url: str, calls: int, rounds: int) -> dict[str, dict[str, float]]:
     raw = aioredis.Redis.from_url(url)
     cache = CacheHierarchy.from_url(url, namespace="bench-paths", l1_max_entries=0)
+    bare = CacheHierarchy.from_url(url, namespace="bench-paths", l1_max_entries=0)
     await cache.set("k", VALUE)
     await raw.set(b"bench-raw", msgpack.packb(VALUE))
 
     async def raw_get(_key: str) -> Any:
         return msgpack.unpackb(await raw.get(b"bench-raw"))
 
+    async def passthrough(op: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await op(*args)
+
+    if bare._l2 is None:
+        raise SystemExit("an L2 was expected for a redis:// URL")
+    bare._l2.call = passthrough  # type: ignore[method-assign]
+    sides = {"raw_l2": raw_get, "l2_hit": cache.get, "l2_bare": bare.get}
     try:
-        samples = await interleaved({"raw_l2": raw_get, "l2_hit": cache.get}, "k", calls, rounds)
+        samples = await interleaved(sides, "k", calls, rounds)
     finally:
         await cache.clear()
         await raw.delete(b"bench-raw")
         await cache.shutdown()
+        await bare.shutdown()
         await raw.aclose()
-    return summary(samples, "raw_l2")
+    result = summary(samples, "raw_l2")
+    guard = paired_ratio(samples["l2_hit"], samples["l2_bare"])
+    result["guard_overhead"] = {"median_ns": 0.0, "ratio": round(guard, 3)}
+    return result
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +141,10 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"Python {result['python']}, {result['rounds']} interleaved rounds, medians"]
     for section, floor in (("l1", "floor"), ("l2", "raw_l2")):
         for name, row in result[section].items():
-            ratio = "" if name == floor else f"  {row['ratio']:.2f}x {floor}"
+            if name == "guard_overhead":
+                lines.append(f"  guard overhead (l2_hit / l2_bare): {row['ratio']:.3f}x")
+                continue
+            ratio = "" if name == floor else f"  {row['ratio']:.3f}x {floor}"
             lines.append(f"  {name:<8} {row['median_ns'] / 1000:9.3f} us{ratio}")
     return "\n".join(lines)
 
