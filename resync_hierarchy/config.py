@@ -36,6 +36,10 @@ fail_safe_max_stale       300.0           seconds an expired L1 entry may still 
                                           served while L2 is unavailable (0: off)
 recovery_queue_max        10_000          writes kept for replay while L2 is
                                           unavailable (one per key)
+invalidation              True            a write or delete in one process evicts
+                                          the key from every other process's L1
+invalidation_ping_interval 1.0            seconds of silence on the invalidation
+                                          subscription before it is PINGed
 max_key_bytes             1024            UTF-8 bytes of a key
 max_value_bytes           1 MiB           bytes of an encoded value
 signing_key               None            secret; values carry an HMAC-SHA256
@@ -82,6 +86,8 @@ class HierarchyConfig:
     breaker_reset_timeout: float = 5.0
     fail_safe_max_stale: float = 300.0
     recovery_queue_max: int = 10_000
+    invalidation: bool = True
+    invalidation_ping_interval: float = 1.0
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     signing_key: str | bytes | None = field(default=None, repr=False)
@@ -119,6 +125,11 @@ class HierarchyConfig:
         _check_positive_number(self, "breaker_reset_timeout")
         _check_number(self, "fail_safe_max_stale", minimum=0.0)
         _check_int(self, "recovery_queue_max", minimum=0)
+        if not isinstance(self.invalidation, bool):
+            raise ConfigurationError(
+                f"invalidation must be True or False, got {self.invalidation!r}"
+            )
+        _check_positive_number(self, "invalidation_ping_interval")
         _check_int(self, "max_key_bytes", minimum=1)
         _check_int(self, "max_value_bytes", minimum=64)
         key = self.signing_key

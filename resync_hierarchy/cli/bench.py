@@ -715,7 +715,8 @@ def build_document(
     l2_hits = _delta(result, "l2_hits")
     misses = _delta(result, "misses")
     joined = _delta(result, "loads_joined")
-    l2_errors = _delta(result, "l2_errors")
+    # Calls refused by an open circuit breaker failed to reach L2 just the same.
+    l2_errors = _delta(result, "l2_errors") + _delta(result, "l2_short_circuited")
     error_rate = _ratio(result.errors, requests)
     l2_error_rate = _ratio(l2_errors, requests)
     mean_ms = mean_s * 1000

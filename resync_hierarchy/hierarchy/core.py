@@ -38,6 +38,7 @@ from resync_hierarchy._types import MISSING, Clock, wall_clock
 from resync_hierarchy.codec import Codec, CorruptValueError
 from resync_hierarchy.config import HierarchyConfig
 from resync_hierarchy.errors import CacheClosedError, InvalidKeyError, InvalidTTLError
+from resync_hierarchy.hierarchy.invalidation import Invalidator
 from resync_hierarchy.hierarchy.singleflight import SingleFlight
 from resync_hierarchy.l1 import L1Store
 from resync_hierarchy.l2.base import L2Backend
@@ -95,6 +96,7 @@ class CacheHierarchy:
             max_value_bytes=config.max_value_bytes, signing_key=config.signing_key_bytes
         )
         backend = l2 if l2 is not None else _backend_for(config)
+        self._prefix = namespace_prefix(config.namespace)
         self._l1: L1Store | None = (
             L1Store(
                 max_entries=config.l1_max_entries,
@@ -123,10 +125,22 @@ class CacheHierarchy:
             if backend is not None
             else None
         )
+        self._invalidator: Invalidator | None = None
+        if self._l2 is not None and config.invalidation:
+            self._invalidator = Invalidator(
+                self._l2,
+                b"resync:inv:" + self._prefix[:-1],
+                evict=self._evict_keys,
+                evict_all=self._evict_all,
+                trust=self._trust_l1,
+                ping_interval=config.invalidation_ping_interval,
+            )
+        # Reads use _l1_read, None while L1 may be missing invalidations (see
+        # invalidation.py); writes always go to _l1.
+        self._l1_read: L1Store | None = self._l1 if self._invalidator is None else None
         self._recovery = RecoveryQueue(config.recovery_queue_max)
         self._replay_task: asyncio.Task[None] | None = None
         self._replay_wakeup = asyncio.Event()
-        self._prefix = namespace_prefix(config.namespace)
         self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
         self._generations = [0] * _GENERATIONS
         self._flight = SingleFlight()
@@ -134,6 +148,7 @@ class CacheHierarchy:
         self._background: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._started = False
+        self._background_started = False
         self._closed = False
         # Plain integers: a Prometheus counter on the hit path would cost as much as the hit.
         self._l1_hits = 0
@@ -187,10 +202,10 @@ class CacheHierarchy:
         if self._started:
             return
         self._started = True
-        if self._l1 is not None and self.config.l1_sweep_interval > 0:
-            self._sweeper = asyncio.create_task(
-                _sweep_forever(self._l1, self.config.l1_sweep_interval), name="resync-l1-sweeper"
-            )
+        if self._invalidator is not None:
+            # Give the subscription up to l2_timeout, so that L1 serves reads
+            # from the first request on (it does not before it is subscribed).
+            await self._invalidator.wait_subscribed(self.config.l2_timeout)
         if self._l2 is not None:
             try:
                 await self._l2.call(self._l2.backend.ping)
@@ -220,6 +235,8 @@ class CacheHierarchy:
                 pending=len(self._recovery),
                 clear_pending=self._recovery.clear_version is not None,
             )
+        if self._invalidator is not None:
+            await self._invalidator.aclose()
         if self._l2 is not None:
             await self._l2.aclose()
 
@@ -238,7 +255,7 @@ class CacheHierarchy:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` from L1, else from L2 (promoted into L1), else ``default``."""
-        l1 = self._l1
+        l1 = self._l1_read
         if l1 is not None and type(key) is str:
             value = l1.get(key)
             if value is not MISSING:
@@ -248,7 +265,7 @@ class CacheHierarchy:
 
     async def _get_through(self, key: str, default: Any) -> Any:
         full = self._full_key(key)
-        l1 = self._l1
+        l1 = self._l1_read
         if l1 is not None and type(key) is not str:  # a str subclass skipped the fast path
             value = l1.get(key)
             if value is not MISSING:
@@ -323,7 +340,7 @@ class CacheHierarchy:
     async def exists(self, key: str) -> bool:
         """True if ``key`` holds a live value in L1 or L2."""
         full = self._full_key(key)
-        if self._l1 is not None and self._l1.contains(key):
+        if self._l1_read is not None and self._l1_read.contains(key):
             return True
         l2 = self._l2
         if l2 is None:
@@ -331,8 +348,8 @@ class CacheHierarchy:
         self._ensure_open()
         try:
             return await l2.call(l2.backend.exists, full)
-        except L2Unavailable:
-            return False
+        except L2Unavailable:  # answer as get() would: from L1, fail-safe included
+            return self._l1 is not None and self._l1.get_stale(key) is not MISSING
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The keys found, with their values: L1 first, then one L2 round trip
@@ -341,7 +358,7 @@ class CacheHierarchy:
         fulls = [self._full_key(k) for k in wanted]
         found: dict[str, Any] = {}
         pending: list[tuple[str, bytes]] = []
-        l1 = self._l1
+        l1 = self._l1_read
         for key, full in zip(wanted, fulls, strict=True):
             value = l1.get(key) if l1 is not None else MISSING
             if value is MISSING:
@@ -395,7 +412,7 @@ class CacheHierarchy:
         nothing is cached. The value returned is the stored form (a tuple
         comes back as a list), as any later ``get`` would return it.
         """
-        l1 = self._l1
+        l1 = self._l1_read
         if l1 is not None and type(key) is str:
             value = l1.get(key)
             if value is not MISSING:
@@ -413,8 +430,8 @@ class CacheHierarchy:
         factory: Callable[[], Awaitable[Any]] | Callable[[], Any],
         ttl_seconds: float | None,
     ) -> Any:
-        if self._l1 is not None:
-            value = self._l1.get(key)
+        if self._l1_read is not None:
+            value = self._l1_read.get(key)
             if value is not MISSING:
                 self._l1_hits += 1
                 return value
@@ -468,6 +485,8 @@ class CacheHierarchy:
             else:
                 if self._recovery:
                     self._recovery.supersede(full)
+                if self._invalidator is not None:
+                    self._invalidator.announce((key,))
         self._bump(key)
         if self._l1 is not None:
             self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
@@ -503,6 +522,8 @@ class CacheHierarchy:
                 if self._recovery:
                     for _, full, _ in items:
                         self._recovery.supersede(full)
+                if self._invalidator is not None:
+                    self._invalidator.announce(key for key, _, _ in items)
         l1 = self._l1
         for key, _, encoded in items:
             self._bump(key)
@@ -536,6 +557,8 @@ class CacheHierarchy:
                 if self._recovery:
                     for full in fulls:
                         self._recovery.supersede(full)
+                if self._invalidator is not None:
+                    self._invalidator.announce(wanted)
         removed = 0
         l1 = self._l1
         for key, existed in zip(wanted, in_l2, strict=True):
@@ -567,6 +590,8 @@ class CacheHierarchy:
         else:
             self._recovery.record_clear(version)
             self._recovery.clear_version = None  # done: nothing older is left to replay
+            if self._invalidator is not None:
+                self._invalidator.announce_clear()
 
     # ------------------------------------------------------------------ recovery
 
@@ -619,6 +644,8 @@ class CacheHierarchy:
             if recovery.clear_version is not None:
                 await self._replay_clear(l2, recovery.clear_version)
                 recovery.clear_version = None
+                if self._invalidator is not None:
+                    self._invalidator.announce_clear()
             while True:
                 batch = recovery.oldest(_REPLAY_BATCH)
                 if not batch:
@@ -641,6 +668,8 @@ class CacheHierarchy:
                         continue  # replaced while in flight: the newer one replays next
                     if done:
                         self._replayed += 1
+                        if self._invalidator is not None:
+                            self._invalidator.announce((write.key,))
                     else:
                         # Another process wrote a newer value meanwhile: ours is
                         # outdated, and so is the copy in this process's L1.
@@ -720,6 +749,10 @@ class CacheHierarchy:
             "recovery_overflowed": self._recovery.overflowed,
             "recovery_replayed": self._replayed,
             "recovery_superseded": self._replay_superseded,
+            "l1_trusted": self._l1_read is not None,
+            "invalidation": (
+                self._invalidator.stats() if self._invalidator is not None else {"enabled": False}
+            ),
         }
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[list[str]]:
@@ -881,7 +914,43 @@ class CacheHierarchy:
         self._last_version = version
         return version
 
+    def _start_background(self) -> None:
+        """The sweeper and the invalidation listener; at start(), or at the
+        first operation that reaches past L1 when start() was not called."""
+        self._background_started = True
+        if self._l1 is not None and self.config.l1_sweep_interval > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                _sweep_forever(self._l1, self.config.l1_sweep_interval), name="resync-l1-sweeper"
+            )
+        if self._invalidator is not None:
+            self._invalidator.start()
+
+    def _evict_keys(self, keys: list[str]) -> None:
+        """Another process changed ``keys``: drop them here, and make any
+        promotion of them already in flight land nowhere."""
+        l1 = self._l1
+        for key in keys:
+            self._bump(key)
+            if l1 is not None:
+                l1.delete(key)
+
+    def _evict_all(self) -> None:
+        for index in range(_GENERATIONS):
+            self._generations[index] += 1
+        if self._l1 is not None:
+            self._l1.clear()
+
+    def _trust_l1(self, trusted: bool) -> None:
+        self._l1_read = self._l1 if trusted else None
+
     def _ensure_open(self) -> None:
+        if not self._background_started:
+            if self._closed:
+                raise CacheClosedError(
+                    f"cache for namespace {self.config.namespace!r} was shut down; "
+                    "create a new CacheHierarchy to use it again"
+                )
+            self._start_background()
         if self._closed:
             raise CacheClosedError(
                 f"cache for namespace {self.config.namespace!r} was shut down; "

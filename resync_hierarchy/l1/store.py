@@ -170,6 +170,7 @@ class _Stripe:
             bucket = wheel.get(second)
             if bucket is None:  # emptied bucket, or a duplicate second
                 if skipped >= max_skip:
+                    self.expirations += removed
                     return removed, skipped, True
                 heapq.heappop(heap)
                 skipped += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Protocol
 
-__all__ = ["L2Backend", "L2Error", "glob_escape"]
+__all__ = ["L2Backend", "L2Error", "Subscription", "glob_escape"]
 
 
 class L2Error(Exception):
@@ -32,6 +32,18 @@ def glob_escape(raw: bytes) -> bytes:
             out.append(0x5C)  # backslash
         out.append(byte)
     return bytes(out)
+
+
+class Subscription(Protocol):
+    """A channel subscription on its own connection; never reconnects by itself."""
+
+    last_activity: float
+
+    async def next_message(self, wait: float) -> bytes | None: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class L2Backend(Protocol):
@@ -84,6 +96,12 @@ class L2Backend(Protocol):
         ...
 
     async def ping(self) -> None: ...
+
+    async def publish(self, channel: bytes, message: bytes) -> int: ...
+
+    async def subscribe(self, channel: bytes) -> Subscription:
+        """A subscription whose SUBSCRIBE the server has confirmed."""
+        ...
 
     async def info(self) -> dict[str, Any]:
         """Server facts for operators (version, memory, hit counters)."""

@@ -8,6 +8,7 @@ guard decides what happens next. Socket timeouts equal ``l2_timeout``.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from resync_hierarchy._url import ParsedURL, redact_url
 from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.l2.base import L2Error, glob_escape
 
-__all__ = ["WRITE_IF_NEWER_LUA", "RedisL2", "translate_redis_error"]
+__all__ = ["WRITE_IF_NEWER_LUA", "RedisL2", "RedisSubscription", "translate_redis_error"]
 
 WRITE_IF_NEWER_LUA = """
 -- KEYS[1]: the key. ARGV[1]: the write's version, 8 bytes big-endian.
@@ -111,6 +112,62 @@ def _client_from_url(parsed: ParsedURL, url: str, *, timeout: float, max_connect
     return aioredis.Redis(host=host, port=port, **common)
 
 
+class RedisSubscription:
+    """One channel subscription on a connection of its own.
+
+    It never reconnects by itself: after any error the owner closes it and
+    subscribes again, knowing that whatever was published in between is lost.
+    ``last_activity`` (``time.monotonic()``) moves with every message and
+    PONG, so a connection that went silent (a black-holed network) shows.
+    """
+
+    def __init__(self, pubsub: Any, channel: bytes) -> None:
+        self._pubsub = pubsub
+        self.channel = channel
+        self.last_activity = time.monotonic()
+
+    async def confirm(self, within: float) -> None:
+        """Wait up to ``within`` seconds for the server's SUBSCRIBE confirmation."""
+        deadline = time.monotonic() + within
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise L2Error("timeout", "no SUBSCRIBE confirmation")
+            message = await self._read(left)
+            if message is not None and message.get("type") == "subscribe":
+                return
+
+    async def next_message(self, wait: float) -> bytes | None:
+        """The next published payload, or None after ``wait`` seconds."""
+        message = await self._read(wait)
+        if message is None or message.get("type") != "message":
+            return None
+        data: bytes = message["data"]
+        return data
+
+    async def _read(self, wait: float) -> dict[str, Any] | None:
+        try:
+            message: dict[str, Any] | None = await self._pubsub.get_message(
+                ignore_subscribe_messages=False, timeout=wait
+            )
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        if message is not None:
+            self.last_activity = time.monotonic()
+        return message
+
+    async def ping(self) -> None:
+        """Ask for a PONG on this connection (it arrives as activity)."""
+        try:
+            await self._pubsub.ping()
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(rexc.RedisError, OSError):
+            await self._pubsub.aclose()
+
+
 class RedisL2:
     """L2 on one Redis server (redis-py asyncio, one pool per instance).
 
@@ -118,17 +175,22 @@ class RedisL2:
     compatible asyncio client (fakeredis in tests and in the embedded bench).
     """
 
-    def __init__(self, client: Any, *, description: str = "redis") -> None:
+    def __init__(
+        self, client: Any, *, description: str = "redis", subscribe_timeout: float = 2.0
+    ) -> None:
         self._client = client
         self._description = description
+        self._subscribe_timeout = subscribe_timeout
         self._write_if_newer = client.register_script(WRITE_IF_NEWER_LUA)
 
     @classmethod
     def from_parsed_url(
         cls, parsed: ParsedURL, url: str, *, timeout: float, max_connections: int
     ) -> RedisL2:
-        client = _client_from_url(parsed, url, timeout=timeout, max_connections=max_connections)
-        return cls(client, description=redact_url(url))
+        # Two connections beyond the in-flight cap: the invalidation subscription
+        # and the breaker's probe, which must never wait behind regular calls.
+        client = _client_from_url(parsed, url, timeout=timeout, max_connections=max_connections + 2)
+        return cls(client, description=redact_url(url), subscribe_timeout=timeout)
 
     @property
     def description(self) -> str:
@@ -227,6 +289,28 @@ class RedisL2:
         except (rexc.RedisError, OSError) as exc:
             raise translate_redis_error(exc) from exc
         return bool(result and result[0])
+
+    async def publish(self, channel: bytes, message: bytes) -> int:
+        """PUBLISH; returns how many subscribers received it."""
+        try:
+            return int(await self._client.publish(channel, message))
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def subscribe(self, channel: bytes) -> RedisSubscription:
+        """A confirmed subscription to ``channel`` on a dedicated connection."""
+        pubsub = self._client.pubsub()
+        subscription = RedisSubscription(pubsub, channel)
+        try:
+            await pubsub.subscribe(channel)
+            await subscription.confirm(self._subscribe_timeout)
+        except (rexc.RedisError, OSError) as exc:
+            await subscription.aclose()
+            raise translate_redis_error(exc) from exc
+        except BaseException:
+            await subscription.aclose()
+            raise
+        return subscription
 
     async def scan_prefix(
         self, prefix: bytes, batch: int = 500

@@ -25,6 +25,10 @@ class Backend:
         self._clients: list[Any] = []
 
     def cache(self, namespace: str = "test", **overrides: Any) -> CacheHierarchy:
+        # The API contract is checked without cross-process invalidation, so
+        # that L1 answers from the first call (it waits for its subscription
+        # otherwise); tests/integration/test_invalidation.py covers it.
+        overrides.setdefault("invalidation", False)
         clock = overrides.pop("clock", None)
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         if self.kind == "fakeredis":

@@ -834,3 +834,17 @@ def test_stale_grace_must_be_finite_and_not_negative() -> None:
         L1Store(max_entries=1, max_bytes=1000, stale_grace=-1)
     with pytest.raises(ConfigurationError):
         L1Store(max_entries=1, max_bytes=1000, stale_grace=math.inf)
+
+
+def test_expirations_are_counted_when_a_sweep_stops_on_its_skip_budget() -> None:
+    """Regression (found by the state machine): overwrites leave duplicate wheel
+    seconds; a sweep that removed an entry and then ran out of skips must
+    still count that expiration."""
+    clock = FakeClock()
+    store = L1Store(max_entries=1, max_bytes=10_000, shards=1, clock=clock)
+    for _ in range(3):
+        store.set("a", 1, expires_at=clock() + 0.5, size=0)
+    clock.advance(1.0)
+    assert store.sweep(budget=1) == 1
+    assert store.stats()["expirations"] == 1
+    store._check_invariants()

@@ -67,6 +67,7 @@ def build(
         "l2_retry_backoff": 0.001,
         "breaker_failure_threshold": 3,
         "breaker_reset_timeout": 0.05,
+        "invalidation": False,  # its own tests: tests/integration/test_invalidation.py
     }
     settings.update(overrides)
     backend = FaultyL2(server)
@@ -77,7 +78,7 @@ def build(
 def plain(server: fakeredis.FakeServer) -> CacheHierarchy:
     """Another healthy process on the same L2."""
     return CacheHierarchy(
-        HierarchyConfig(namespace="r"),
+        HierarchyConfig(namespace="r", invalidation=False),
         l2=RedisL2(fakeredis.FakeAsyncRedis(server=server)),
     )
 
