@@ -22,6 +22,7 @@ from resync_hierarchy.errors import (
     ValueTooLargeError,
 )
 from resync_hierarchy.hierarchy import CacheHierarchy
+from resync_hierarchy.migration import MigrationFlags, MigrationManager
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,8 @@ __all__ = [
     "HierarchyConfig",
     "InvalidKeyError",
     "InvalidTTLError",
+    "MigrationFlags",
+    "MigrationManager",
     "SerializationError",
     "ValueTooLargeError",
     "__version__",

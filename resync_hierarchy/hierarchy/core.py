@@ -337,6 +337,77 @@ class CacheHierarchy:
                 self._promotions_skipped += 1
         return envelope.value
 
+    async def get_entry(self, key: str) -> tuple[Any, float | None] | None:
+        """``(value, expires_at)`` of ``key`` (absolute epoch seconds, None for
+        no expiry), or None: like :meth:`get`, for callers that carry the
+        expiry on, such as a migration copying a value between caches."""
+        full = self._full_key(key)
+        l1 = self._l1_read
+        if l1 is not None:
+            hit = l1.get_with_expiry(key)
+            if hit is not None:
+                self._l1_hits += 1
+                return hit
+        l2 = self._l2
+        if l2 is None:
+            self._misses += 1
+            return None
+        self._ensure_open()
+        try:
+            blob = await l2.call(l2.backend.get, full)
+        except L2Unavailable:
+            blob = None
+        if blob is not None:
+            try:
+                envelope = self._codec.decode(blob)
+            except CorruptValueError:
+                envelope = None
+            if envelope is not None and (
+                envelope.expires_at is None or envelope.expires_at > self._clock()
+            ):
+                self._l2_hits += 1
+                return envelope.value, envelope.expires_at
+        self._misses += 1
+        return None
+
+    async def store_if_newer(
+        self, key: str, value: Any, *, expires_at: float | None, version: int
+    ) -> bool:
+        """Write ``value`` to L2 only if L2 holds no newer version of ``key``
+        (and then to L1, announcing it); True if written. Best effort: False
+        too when L2 is unavailable. For copies that must never overwrite a
+        write made meanwhile (migration fallback and backfill); ``version``
+        is a write version (wall-clock microseconds) taken before the source
+        was read."""
+        full = self._full_key(key)
+        if expires_at is not None and expires_at <= self._clock():
+            return False
+        encoded = self._codec.encode(value, expires_at=expires_at, version=version)
+        l2 = self._l2
+        if l2 is not None:
+            self._ensure_open()
+            ttl_ms = (
+                None if expires_at is None else max(1, round((expires_at - self._clock()) * 1000))
+            )
+            try:
+                applied = await l2.call(
+                    l2.backend.write_if_newer, [(full, encoded.blob, version, ttl_ms)]
+                )
+            except L2Unavailable:
+                return False
+            if not applied[0]:
+                return False
+            if self._invalidator is not None:
+                self._invalidator.announce((key,))
+        self._bump(key)
+        if self._l1 is not None:
+            self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        return True
+
+    def new_version(self) -> int:
+        """A write version (wall-clock microseconds, increasing in this process)."""
+        return self._next_version()
+
     async def exists(self, key: str) -> bool:
         """True if ``key`` holds a live value in L1 or L2."""
         full = self._full_key(key)
