@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from resync_hierarchy import __version__
-from resync_hierarchy.cli import bench, inspect_cmds
+from resync_hierarchy.cli import bench, inspect_cmds, migrate
 from resync_hierarchy.cli._common import add_common_arguments
 from resync_hierarchy.errors import CacheError
 from resync_hierarchy.observe.logging import configure_cli_logging
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
             "check the cache; exit 0 ok, 1 degraded, 2 down",
             inspect_cmds.add_health_arguments,
             inspect_cmds.health,
+        ),
+        (
+            "migrate",
+            "drive a migration fleet-wide: status, legacy, shadow, rollout, rollback, finish, "
+            "backfill, verify",
+            migrate.add_arguments,
+            migrate.run,
         ),
         (
             "stats",

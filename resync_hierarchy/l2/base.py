@@ -91,6 +91,12 @@ class L2Backend(Protocol):
         during the scan may or may not be seen)."""
         ...
 
+    async def scan_page(
+        self, prefix: bytes, cursor: int, count: int = 500
+    ) -> tuple[int, list[bytes]]:
+        """One SCAN step: (next cursor, keys starting with ``prefix``); 0 = done."""
+        ...
+
     async def clear_prefix(self, prefix: bytes) -> int:
         """Remove every key that starts with ``prefix``; returns how many."""
         ...

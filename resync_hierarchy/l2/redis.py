@@ -26,18 +26,23 @@ __all__ = ["WRITE_IF_NEWER_LUA", "RedisL2", "RedisSubscription", "translate_redi
 WRITE_IF_NEWER_LUA = """
 -- KEYS[1]: the key. ARGV[1]: the write's version, 8 bytes big-endian.
 -- ARGV[2]: the envelope to store, or '' to delete. ARGV[3]: TTL in ms, or ''.
--- Applies the write unless the stored envelope (format byte 1) carries a
--- newer version (bytes 11-18, big-endian, compared byte by byte: string
--- comparison in Lua depends on the locale). Returns 1 if applied, else 0.
+-- Applies the write only if it is newer than the stored envelope (format
+-- byte 1), whose version is bytes 11-18, big-endian, compared byte by byte
+-- (string comparison in Lua depends on the locale). An equal version is the
+-- same write, already there: not applied again, so replays and backfills are
+-- idempotent. Returns 1 if applied, else 0.
 local current = redis.call('GET', KEYS[1])
 if current and #current >= 18 and string.byte(current, 1) == 1 then
+  local newer = false
   for i = 1, 8 do
     local stored, mine = string.byte(current, 10 + i), string.byte(ARGV[1], i)
     if stored ~= mine then
       if stored > mine then return 0 end
+      newer = true
       break
     end
   end
+  if not newer then return 0 end
 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
@@ -255,8 +260,8 @@ class RedisL2:
         self, items: Sequence[tuple[bytes, bytes | None, int, int | None]]
     ) -> list[bool]:
         """Apply each ``(key, envelope or None to delete, version, ttl_ms)``
-        unless Redis holds a newer version of that key; one round trip.
-        True where applied."""
+        only where Redis holds no version of that key as new or newer; one
+        round trip. True where applied."""
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, blob, version, ttl_ms in items:
@@ -311,6 +316,19 @@ class RedisL2:
             await subscription.aclose()
             raise
         return subscription
+
+    async def scan_page(
+        self, prefix: bytes, cursor: int, count: int = 500
+    ) -> tuple[int, list[bytes]]:
+        """One SCAN step over keys starting with ``prefix``: (next cursor, keys).
+        A next cursor of 0 means the scan is complete."""
+        try:
+            next_cursor, keys = await self._client.scan(
+                cursor=cursor, match=glob_escape(prefix) + b"*", count=count
+            )
+        except (rexc.RedisError, OSError) as exc:
+            raise translate_redis_error(exc) from exc
+        return int(next_cursor), [k for k in keys if k.startswith(prefix)]
 
     async def scan_prefix(
         self, prefix: bytes, batch: int = 500
