@@ -160,6 +160,7 @@ class CacheHierarchy:
         self._promotions = 0
         self._promotions_skipped = 0
         self._stale_served = 0
+        self._write_races = 0
         self._replayed = 0
         self._replay_superseded = 0
 
@@ -545,6 +546,7 @@ class CacheHierarchy:
         expires_at = None if ttl_seconds is None else self._clock() + ttl_seconds
         version = self._next_version()
         encoded = self._codec.encode(value, expires_at=expires_at, version=version)
+        generation = self._generation(key)
         l2 = self._l2
         if l2 is not None:
             try:
@@ -558,11 +560,31 @@ class CacheHierarchy:
                     self._recovery.supersede(full)
                 if self._invalidator is not None:
                     self._invalidator.announce((key,))
-        self._bump(key)
-        if self._l1 is not None:
-            self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        self._fill_after_write(key, generation, encoded.value, expires_at, len(encoded.blob))
         self._sets += 1
         return encoded.value
+
+    def _fill_after_write(
+        self, key: str, generation: int, value: Any, expires_at: float | None, size: int
+    ) -> None:
+        """Put a written value into L1, unless the key was written here or
+        invalidated from elsewhere while the L2 write was in flight: then
+        Redis may hold the other write's value, so this one must not stay in
+        L1 (the next read goes to L2)."""
+        self._fill(key, self._generation(key) == generation, value, expires_at, size)
+
+    def _fill(
+        self, key: str, untouched: bool, value: Any, expires_at: float | None, size: int
+    ) -> None:
+        self._bump(key)
+        l1 = self._l1
+        if l1 is None:
+            return
+        if untouched:
+            l1.set(key, value, expires_at=expires_at, size=size)
+        else:
+            self._write_races += 1
+            l1.delete(key)
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Write every item in one L2 round trip. All keys and values are checked
@@ -578,6 +600,7 @@ class CacheHierarchy:
         if not items:
             return
         self._ensure_open()
+        generations = [self._generation(key) for key, _, _ in items]
         l2 = self._l2
         if l2 is not None:
             try:
@@ -595,11 +618,14 @@ class CacheHierarchy:
                         self._recovery.supersede(full)
                 if self._invalidator is not None:
                     self._invalidator.announce(key for key, _, _ in items)
-        l1 = self._l1
-        for key, _, encoded in items:
-            self._bump(key)
-            if l1 is not None:
-                l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        # Compare every generation before bumping any: keys of one batch may
+        # share a generation stripe.
+        unchanged = [
+            self._generation(key) == generation
+            for (key, _, _), generation in zip(items, generations, strict=True)
+        ]
+        for (key, _, encoded), untouched in zip(items, unchanged, strict=True):
+            self._fill(key, untouched, encoded.value, expires_at, len(encoded.blob))
         self._sets += len(items)
 
     async def delete(self, key: str) -> bool:
@@ -812,6 +838,7 @@ class CacheHierarchy:
             "loads": self._flight.started,
             "loads_joined": self._flight.joined,
             "stale_served": self._stale_served,
+            "write_races": self._write_races,
             "l2_retries": l2.retried if l2 is not None else 0,
             "l2_short_circuited": l2.short_circuited if l2 is not None else 0,
             "circuit_state": l2.circuit_state if l2 is not None else "closed",

@@ -121,3 +121,42 @@ async def test_local_write_during_a_read_is_not_undone_by_the_promotion() -> Non
     assert cache.get_stats()["promotions_skipped"] == 1
     await cache.shutdown()
     await writer.shutdown()
+
+
+async def test_overlapping_writes_of_one_key_never_leave_the_overwritten_value_in_l1() -> None:
+    """Two writes of a key overlap and the first one's reply is processed
+    last: Redis holds the second value, so L1 must not keep the first."""
+    import fakeredis
+
+    from resync_hierarchy.l2.redis import RedisL2
+
+    server = fakeredis.FakeServer()
+    l2 = RedisL2(fakeredis.FakeAsyncRedis(server=server))
+    cache = CacheHierarchy(HierarchyConfig(namespace="race", invalidation=False), l2=l2)
+    original_set = l2.set
+    hold_first = asyncio.Event()
+    calls = 0
+
+    async def gated_set(key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        nonlocal calls
+        calls += 1
+        mine = calls
+        await original_set(key, value, ttl_ms)  # lands in Redis now...
+        if mine == 1:
+            await hold_first.wait()  # ...but its reply is processed last
+
+    l2.set = gated_set  # type: ignore[method-assign]
+    first = asyncio.create_task(cache.set("k", "first"))
+    await asyncio.sleep(0.01)
+    await cache.set("k", "second")  # Redis now holds "second"
+    hold_first.set()
+    await first
+    reader = CacheHierarchy(
+        HierarchyConfig(namespace="race", invalidation=False),
+        l2=RedisL2(fakeredis.FakeAsyncRedis(server=server)),
+    )
+    assert await reader.get("k") == "second"
+    assert await cache.get("k") == "second"  # not the overwritten "first"
+    assert cache.get_stats()["write_races"] == 1
+    await cache.shutdown()
+    await reader.shutdown()
