@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from resync_hierarchy.hierarchy.core import CacheHierarchy
+from resync_hierarchy.hierarchy.core import CacheHierarchy, Entry
 
-__all__ = ["CacheHierarchy"]
+__all__ = ["CacheHierarchy", "Entry"]

@@ -31,7 +31,7 @@ import inspect
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 from resync_hierarchy._types import MISSING, Clock, wall_clock
@@ -46,7 +46,7 @@ from resync_hierarchy.observe.logging import get_logger
 from resync_hierarchy.resilience.guard import UNAVAILABLE_KINDS, GuardedL2, L2Unavailable
 from resync_hierarchy.resilience.recovery import PendingWrite, RecoveryQueue
 
-__all__ = ["CacheHierarchy"]
+__all__ = ["CacheHierarchy", "Entry"]
 
 _log = get_logger("resync_hierarchy.hierarchy")
 
@@ -61,6 +61,14 @@ class _Unavailable:
 
 
 _UNAVAILABLE = _Unavailable()
+
+
+class Entry(NamedTuple):
+    """A cached value with its absolute expiry and write version."""
+
+    value: Any
+    expires_at: float | None
+    version: int | None
 
 
 def namespace_prefix(namespace: str) -> bytes:
@@ -338,26 +346,30 @@ class CacheHierarchy:
                 self._promotions_skipped += 1
         return envelope.value
 
-    async def get_entry(self, key: str) -> tuple[Any, float | None] | None:
-        """``(value, expires_at)`` of ``key`` (absolute epoch seconds, None for
-        no expiry), or None: like :meth:`get`, for callers that carry the
-        expiry on, such as a migration copying a value between caches."""
+    async def get_entry(self, key: str, *, l2_only: bool = False) -> Entry | None:
+        """``Entry(value, expires_at, version)`` of ``key``, or None: like
+        :meth:`get`, for callers that carry the expiry and the write version
+        on (a migration copying a value between caches). ``expires_at`` is
+        absolute epoch seconds or None; ``version`` is the write version
+        when the value came from L2 (None from L1, which does not keep it).
+        ``l2_only`` skips L1, to get the version; if L2 is unavailable the
+        answer still comes from L1."""
         full = self._full_key(key)
         l1 = self._l1_read
-        if l1 is not None:
+        if l1 is not None and not l2_only:
             hit = l1.get_with_expiry(key)
             if hit is not None:
                 self._l1_hits += 1
-                return hit
+                return Entry(hit[0], hit[1], None)
         l2 = self._l2
-        if l2 is None:
-            self._misses += 1
-            return None
-        self._ensure_open()
-        try:
-            blob = await l2.call(l2.backend.get, full)
-        except L2Unavailable:
-            blob = None
+        blob: bytes | None = None
+        if l2 is not None:
+            self._ensure_open()
+            try:
+                blob = await l2.call(l2.backend.get, full)
+            except L2Unavailable:
+                if l1 is not None and (hit := l1.get_with_expiry(key)) is not None:
+                    return Entry(hit[0], hit[1], None)
         if blob is not None:
             try:
                 envelope = self._codec.decode(blob)
@@ -367,7 +379,7 @@ class CacheHierarchy:
                 envelope.expires_at is None or envelope.expires_at > self._clock()
             ):
                 self._l2_hits += 1
-                return envelope.value, envelope.expires_at
+                return Entry(envelope.value, envelope.expires_at, envelope.version)
         self._misses += 1
         return None
 

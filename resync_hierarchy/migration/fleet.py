@@ -61,6 +61,7 @@ class FlagRecord:
 
     async def read(self) -> tuple[MigrationFlags, int] | None:
         """The record's flags and revision, None if there is no record.
+        (:meth:`read_stamped` also gives the write time.)
 
         Raises ConfigurationError for a record that does not validate and
         L2Unavailable when Redis does not answer.
@@ -74,10 +75,31 @@ class FlagRecord:
             raise ConfigurationError(f"the flag record is not JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise ConfigurationError("the flag record is not a JSON object")
+        flags, revision, _ = self._parse(document)
+        return flags, revision
+
+    async def read_stamped(self) -> tuple[MigrationFlags, int, float] | None:
+        """Flags, revision and ``updated_at`` of the record, or None."""
+        raw = await self._l2.call(self._l2.backend.get, self.key)
+        if raw is None:
+            return None
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"the flag record is not JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ConfigurationError("the flag record is not a JSON object")
+        return self._parse(document)
+
+    @staticmethod
+    def _parse(document: dict[str, Any]) -> tuple[MigrationFlags, int, float]:
         revision = document.get("revision", 0)
         if isinstance(revision, bool) or not isinstance(revision, int):
             raise ConfigurationError(f"the flag record's revision {revision!r} is not an integer")
-        return MigrationFlags.from_record(document), revision
+        stamp = document.get("updated_at", 0.0)
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+            raise ConfigurationError(f"the flag record's updated_at {stamp!r} is not a number")
+        return MigrationFlags.from_record(document), revision, float(stamp)
 
     async def write(self, flags: MigrationFlags, *, by: str | None = None) -> int:
         """Store ``flags`` as the next revision and announce it; returns the revision.
@@ -116,32 +138,43 @@ class FleetFlags:
         apply: Callable[[MigrationFlags, int], None],
         poll_interval: float,
         l2: GuardedL2,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self._record = record
+        self._on_rejected = on_rejected
         self._apply = apply
         self._poll_interval = poll_interval
         self._l2 = l2
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.revision = 0
+        self._applied: tuple[int, float] | None = None
         self.rejected = 0
         self.last_error: str | None = None
 
     async def refresh(self) -> None:
-        """Read the record now and apply it if it is newer."""
+        """Read the record now and apply it if it is not the one last applied.
+
+        "Not the same" rather than "newer": a record that was lost or broken
+        and written again starts over at revision 1, and must still apply.
+        """
         try:
-            found = await self._record.read()
+            found = await self._record.read_stamped()
         except ConfigurationError as exc:
-            self.rejected += 1
-            self.last_error = str(exc)
-            _log.error("migration_flags_rejected", error=str(exc), kept_revision=self.revision)
+            self.rejected += 1  # every refused read counts...
+            if self._on_rejected is not None:
+                self._on_rejected()
+            if str(exc) != self.last_error:  # ...but a broken record is logged once
+                self.last_error = str(exc)
+                _log.error("migration_flags_rejected", error=str(exc), kept_revision=self.revision)
             return
         except L2Unavailable:
             return
         if found is None:
             return
-        flags, revision = found
-        if revision > self.revision:
+        flags, revision, stamp = found
+        if (revision, stamp) != self._applied:
+            self._applied = (revision, stamp)
             self.revision = revision
             self._apply(flags, revision)
 

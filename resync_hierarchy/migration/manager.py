@@ -75,7 +75,11 @@ class MigrationManager:
         self._fleet: FleetFlags | None = None
         if follow_fleet and new._l2 is not None:
             self._fleet = FleetFlags(
-                FlagRecord(new), apply=self._apply_flags, poll_interval=poll_interval, l2=new._l2
+                FlagRecord(new),
+                apply=self._apply_flags,
+                poll_interval=poll_interval,
+                l2=new._l2,
+                on_rejected=lambda: self._count("errors"),
             )
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -175,13 +179,7 @@ class MigrationManager:
 
     async def get(self, key: str, default: Any = None) -> Any:
         if self._reads_new(key):
-            entry = await self.new.get_entry(key)
-            if entry is not None:
-                self._count("new_reads")
-                return entry[0]
-            if self.flags.finished:
-                return default
-            value = await self._fallback(key)
+            value = await self._read_new(key)
             return default if value is MISSING else value
         value = await self.legacy.get(key, MISSING)
         if value is not MISSING:
@@ -191,20 +189,34 @@ class MigrationManager:
             return value
         return default
 
-    async def _fallback(self, key: str) -> Any:
-        """New missed ``key``: read legacy, and copy a hit into new unless new
-        received a newer write meanwhile (the copy's version is taken before
-        legacy is read, so any write to new after that point wins)."""
-        version = self.new.new_version()
-        entry = await self.legacy.get_entry(key)
+    async def _read_new(self, key: str) -> Any:
+        """New's value of ``key``; on a miss (new absorbs its errors as
+        misses), legacy's, copied into new: the value or MISSING."""
+        before_new = self.new.new_version()
+        entry = await self.new.get_entry(key)
+        if entry is not None:
+            self._count("new_reads")
+            return entry.value
+        if self.flags.finished:
+            return MISSING
+        return await self._fallback(key, before_new)
+
+    async def _fallback(self, key: str, before_new: int) -> Any:
+        """New missed ``key``: read legacy and copy a hit into new with the
+        legacy value's own write version (from legacy's L2), through a
+        version-conditional write, and with its remaining TTL. Any write that
+        reached new with a newer version wins, whenever it arrived. If
+        legacy's L2 could not give the version (it answered from L1), the
+        version taken before new was read is used."""
+        entry = await self.legacy.get_entry(key, l2_only=True)
         if entry is None:
             return MISSING
         self._count("fallbacks")
         self._count("legacy_reads")
-        value, expires_at = entry
+        version = entry.version if entry.version is not None else before_new
         try:
             copied = await self.new.store_if_newer(
-                key, value, expires_at=expires_at, version=version
+                key, entry.value, expires_at=entry.expires_at, version=version
             )
         except Exception as exc:  # a copy is best effort: never fail the read
             self._count("errors")
@@ -212,7 +224,7 @@ class MigrationManager:
         else:
             if copied:
                 self.fallback_copies += 1
-        return value
+        return entry.value
 
     def _maybe_shadow(self, key: str, legacy_value: Any) -> None:
         sample = self.flags.shadow_read_percent
@@ -226,7 +238,7 @@ class MigrationManager:
         except Exception:
             self._count("errors")
             return
-        if entry is not None and entry[0] != legacy_value:
+        if entry is not None and entry.value != legacy_value:
             self._count("mismatches")
 
     async def exists(self, key: str) -> bool:
@@ -242,13 +254,14 @@ class MigrationManager:
         to_legacy = [k for k in wanted if not self._reads_new(k)]
         found: dict[str, Any] = {}
         if to_new:
+            before_new = self.new.new_version()
             from_new = await self.new.get_many(to_new)
             self._count("new_reads", len(from_new))
             found.update(from_new)
             if not self.flags.finished:
                 for key in to_new:
                     if key not in from_new:
-                        value = await self._fallback(key)
+                        value = await self._fallback(key, before_new)
                         if value is not MISSING:
                             found[key] = value
         if to_legacy:
@@ -265,18 +278,18 @@ class MigrationManager:
     ) -> Any:
         write_legacy, write_new = self._writes()
         if self._reads_new(key):
+            value = await self._read_new(key)
+            if value is not MISSING:
+                return value
 
-            async def load_new() -> Any:
-                if not self.flags.finished:
-                    value = await self._fallback(key)
-                    if value is not MISSING:
-                        return value
+            async def produce() -> Any:
                 produced = await _call(factory)
                 if write_legacy:
                     await self.legacy.set(key, produced, ttl)
                 return produced
 
-            return await self.new.get_or_set(key, load_new, ttl)
+            # Single flight for the factory; new re-checks its tiers first.
+            return await self.new.get_or_set(key, produce, ttl)
 
         async def load_legacy() -> Any:
             produced = await _call(factory)
