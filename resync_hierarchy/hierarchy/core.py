@@ -384,15 +384,25 @@ class CacheHierarchy:
         return None
 
     async def store_if_newer(
-        self, key: str, value: Any, *, expires_at: float | None, version: int
+        self,
+        key: str,
+        value: Any,
+        *,
+        expires_at: float | None,
+        version: int,
+        unless_changed_since: int | None = None,
     ) -> bool:
         """Write ``value`` to L2 only if L2 holds no newer version of ``key``
         (and then to L1, announcing it); True if written. Best effort: False
         too when L2 is unavailable. For copies that must never overwrite a
         write made meanwhile (migration fallback and backfill); ``version``
         is a write version (wall-clock microseconds) taken before the source
-        was read."""
+        was read. ``unless_changed_since`` (from :meth:`write_generation`)
+        skips the write if the key was written, deleted or invalidated here
+        since then: a delete leaves no version in Redis to compare with."""
         full = self._full_key(key)
+        if unless_changed_since is not None and self._generation(key) != unless_changed_since:
+            return False
         if expires_at is not None and expires_at <= self._clock():
             return False
         encoded = self._codec.encode(value, expires_at=expires_at, version=version)
@@ -416,6 +426,11 @@ class CacheHierarchy:
         if self._l1 is not None:
             self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
         return True
+
+    def write_generation(self, key: str) -> int:
+        """A counter that moves whenever ``key`` is written or deleted in this
+        process or an invalidation for it arrives (see :meth:`store_if_newer`)."""
+        return self._generation(key)
 
     def new_version(self) -> int:
         """A write version (wall-clock microseconds, increasing in this process)."""

@@ -193,21 +193,26 @@ class MigrationManager:
         """New's value of ``key``; on a miss (new absorbs its errors as
         misses), legacy's, copied into new: the value or MISSING."""
         before_new = self.new.new_version()
+        generation = self.new.write_generation(key)
         entry = await self.new.get_entry(key)
         if entry is not None:
             self._count("new_reads")
             return entry.value
         if self.flags.finished:
             return MISSING
-        return await self._fallback(key, before_new)
+        return await self._fallback(key, before_new, generation)
 
-    async def _fallback(self, key: str, before_new: int) -> Any:
+    async def _fallback(self, key: str, before_new: int, generation: int) -> Any:
         """New missed ``key``: read legacy and copy a hit into new with the
         legacy value's own write version (from legacy's L2), through a
         version-conditional write, and with its remaining TTL. Any write that
         reached new with a newer version wins, whenever it arrived. If
         legacy's L2 could not give the version (it answered from L1), the
-        version taken before new was read is used."""
+        version taken before new was read is used. A delete leaves no version
+        behind, so the copy is also skipped if the key was written, deleted or
+        invalidated in this process since new was read; a delete made
+        elsewhere whose invalidation has not arrived yet (about a millisecond)
+        can still be undone by the copy."""
         entry = await self.legacy.get_entry(key, l2_only=True)
         if entry is None:
             return MISSING
@@ -216,7 +221,11 @@ class MigrationManager:
         version = entry.version if entry.version is not None else before_new
         try:
             copied = await self.new.store_if_newer(
-                key, entry.value, expires_at=entry.expires_at, version=version
+                key,
+                entry.value,
+                expires_at=entry.expires_at,
+                version=version,
+                unless_changed_since=generation,
             )
         except Exception as exc:  # a copy is best effort: never fail the read
             self._count("errors")
@@ -255,13 +264,14 @@ class MigrationManager:
         found: dict[str, Any] = {}
         if to_new:
             before_new = self.new.new_version()
+            generations = {k: self.new.write_generation(k) for k in to_new}
             from_new = await self.new.get_many(to_new)
             self._count("new_reads", len(from_new))
             found.update(from_new)
             if not self.flags.finished:
                 for key in to_new:
                     if key not in from_new:
-                        value = await self._fallback(key, before_new)
+                        value = await self._fallback(key, before_new, generations[key])
                         if value is not MISSING:
                             found[key] = value
         if to_legacy:
