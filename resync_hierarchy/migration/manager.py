@@ -42,9 +42,9 @@ from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.hierarchy import CacheHierarchy
 from resync_hierarchy.migration.flags import MigrationFlags
 from resync_hierarchy.migration.fleet import FlagRecord, FleetFlags
-from resync_hierarchy.migration.rollout import reads_new, rollout_bucket
+from resync_hierarchy.migration.rollout import rollout_bucket
 from resync_hierarchy.observe.logging import get_logger
-from resync_hierarchy.observe.metrics import MigrationMetrics, migration_metrics
+from resync_hierarchy.observe.metrics import register_migration_source
 
 __all__ = ["MigrationManager"]
 
@@ -71,7 +71,6 @@ class MigrationManager:
         self.legacy = legacy
         self.new = new
         self.flags = flags if flags is not None else MigrationFlags.from_env()
-        self._metrics: MigrationMetrics = migration_metrics(registry)
         self._fleet: FleetFlags | None = None
         if follow_fleet and new._l2 is not None:
             self._fleet = FleetFlags(
@@ -82,6 +81,11 @@ class MigrationManager:
                 on_rejected=lambda: self._count("errors"),
             )
         self._background: set[asyncio.Task[Any]] = set()
+        # Exported counters: move only while MIGRATION_ENABLE_METRICS is true.
+        self._exported = dict.fromkeys(
+            ("legacy_hits", "new_hits", "fallbacks", "errors", "mismatches", "flag_changes"), 0
+        )
+        self._bucket_cache: dict[str, int] = {}
         self._started = False
         self.legacy_reads = 0
         self.new_reads = 0
@@ -91,7 +95,17 @@ class MigrationManager:
         self.mismatches = 0
         self.shadow_reads = 0
         self.flag_changes = 0
-        self._publish_mode()
+        register_migration_source(self, registry)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metric_values(self) -> dict[str, int] | None:
+        return dict(self._exported) if self.flags.enable_metrics else None
+
+    def metric_mode(self) -> tuple[str, float] | None:
+        if not self.flags.enable_metrics:
+            return None
+        return self.flags.mode, self.flags.rollout_percent
 
     # ------------------------------------------------------------------ flags
 
@@ -101,7 +115,7 @@ class MigrationManager:
         if flags != old:
             self.flag_changes += 1
             if flags.enable_metrics:
-                self._metrics.flag_changes.inc()
+                self._exported["flag_changes"] += 1
             _log.info(
                 "migration_flags_changed",
                 revision=revision,
@@ -110,17 +124,26 @@ class MigrationManager:
                 rollout_percent=flags.rollout_percent,
                 previous_rollout_percent=old.rollout_percent,
             )
-        self._publish_mode()
-
-    def _publish_mode(self) -> None:
-        if self.flags.enable_metrics:
-            self._metrics.set_mode(self.flags.mode, self.flags.rollout_percent)
 
     def _reads_new(self, key: str) -> bool:
         flags = self.flags
         if flags.finished:
             return True
-        return flags.use_new_cache and reads_new(key, flags.rollout_percent)
+        if not flags.use_new_cache:
+            return False
+        percent = flags.rollout_percent
+        if percent >= 100:
+            return True
+        if percent <= 0:
+            return False
+        bucket = self._bucket_cache.get(key)
+        if bucket is None:
+            bucket = rollout_bucket(key)
+            cache = self._bucket_cache
+            if len(cache) >= 65_536:
+                cache.clear()  # bounded memo: recomputing a bucket costs ~1 µs
+            cache[key] = bucket
+        return bucket < round(percent * 100)
 
     def _writes(self) -> tuple[bool, bool]:
         """(write legacy?, write new?)."""
@@ -133,16 +156,10 @@ class MigrationManager:
 
     def _count(self, name: str, amount: int = 1) -> None:
         setattr(self, name, getattr(self, name) + amount)
-        if self.flags.enable_metrics and amount:
-            metric = {
-                "legacy_reads": self._metrics.legacy_hits,
-                "new_reads": self._metrics.new_hits,
-                "fallbacks": self._metrics.fallbacks,
-                "errors": self._metrics.errors,
-                "mismatches": self._metrics.mismatches,
-            }.get(name)
-            if metric is not None:
-                metric.inc(amount)
+        if self.flags.enable_metrics:
+            exported = _EXPORTED_NAME.get(name)
+            if exported is not None:
+                self._exported[exported] += amount
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,6 +196,15 @@ class MigrationManager:
 
     async def get(self, key: str, default: Any = None) -> Any:
         if self._reads_new(key):
+            l1 = self.new._l1_read
+            if l1 is not None and type(key) is str:  # the L1 hit, without detours
+                value = l1.get(key)
+                if value is not MISSING:
+                    self.new._l1_hits += 1
+                    self.new_reads += 1
+                    if self.flags.enable_metrics:
+                        self._exported["new_hits"] += 1
+                    return value
             value = await self._read_new(key)
             return default if value is MISSING else value
         value = await self.legacy.get(key, MISSING)
@@ -411,6 +437,15 @@ class MigrationManager:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+_EXPORTED_NAME = {
+    "legacy_reads": "legacy_hits",
+    "new_reads": "new_hits",
+    "fallbacks": "fallbacks",
+    "errors": "errors",
+    "mismatches": "mismatches",
+}
 
 
 async def _call(factory: Callable[[], Awaitable[Any]] | Callable[[], Any]) -> Any:
