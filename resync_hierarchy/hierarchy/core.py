@@ -292,8 +292,12 @@ class CacheHierarchy:
         return value
 
     def _fail_safe(self, key: str) -> Any:
-        """L2 is unavailable: an expired L1 entry within fail_safe_max_stale, or MISSING."""
+        """L2 is unavailable: the L1 entry, even expired within
+        fail_safe_max_stale, or MISSING. With fail_safe_max_stale=0 an L1
+        that may have missed invalidations (untrusted) answers nothing."""
         if self._l1 is None:
+            return MISSING
+        if self._l1_read is None and self.config.fail_safe_max_stale == 0:
             return MISSING
         value = self._l1.get_stale(key)
         if value is not MISSING:
@@ -406,6 +410,7 @@ class CacheHierarchy:
         if expires_at is not None and expires_at <= self._clock():
             return False
         encoded = self._codec.encode(value, expires_at=expires_at, version=version)
+        generation = self._generation(key)
         l2 = self._l2
         if l2 is not None:
             self._ensure_open()
@@ -422,9 +427,7 @@ class CacheHierarchy:
                 return False
             if self._invalidator is not None:
                 self._invalidator.announce((key,))
-        self._bump(key)
-        if self._l1 is not None:
-            self._l1.set(key, encoded.value, expires_at=expires_at, size=len(encoded.blob))
+        self._fill_after_write(key, generation, encoded.value, expires_at, len(encoded.blob))
         return True
 
     def write_generation(self, key: str) -> int:

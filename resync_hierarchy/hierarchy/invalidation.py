@@ -60,6 +60,9 @@ _HEAD = struct.Struct(">3s16sQc")
 _COUNT = struct.Struct(">I")
 _MAX_MESSAGE_BYTES = 64 * 1024  # a burst is split into messages of about this size
 _RESUBSCRIBE_BACKOFF_MAX = 2.0
+_REPUBLISH_BACKOFF_MAX = 1.0
+_MAX_PENDING_KEYS = 10_000  # past this, one clear message replaces the keys
+_MAX_PEERS = 10_000  # sequence numbers remembered per peer process
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,35 +180,55 @@ class Invalidator:
 
     async def _publish_pending(self) -> None:
         """Publish until nothing is pending. Keys announced while a publish is
-        in flight go out together in the next message: bursts coalesce."""
-        while self._pending_clear or self._pending:
-            if self._pending_clear:
-                self._pending_clear = False
-                await self._publish(None, 0)
-                continue
-            batch: list[str] = []
-            size = 0
-            for key in self._pending:
-                batch.append(key)
-                size += len(key) + 4
-                if size >= _MAX_MESSAGE_BYTES:
-                    break
-            for key in batch:
-                del self._pending[key]
-            await self._publish(batch, len(batch))
+        in flight go out together in the next message: bursts coalesce.
 
-    async def _publish(self, keys: list[str] | None, count: int) -> None:
-        self._sequence += 1
-        message = encode_message(self.origin, self._sequence, keys)
+        A publish that fails leaves its keys pending and is retried with
+        backoff: the failure may be on this process's side only, while the
+        others stay subscribed and would otherwise keep the old values. Past
+        ``_MAX_PENDING_KEYS`` the keys are replaced by one clear message."""
+        backoff = 0.02
+        while self._pending_clear or self._pending:
+            if len(self._pending) > _MAX_PENDING_KEYS:
+                self._pending.clear()
+                self._pending_clear = True
+            if self._pending_clear:
+                if await self._publish(None, 0):
+                    self._pending_clear = False
+                    self._pending.clear()  # a clear covers every key
+                    backoff = 0.02
+                    continue
+            else:
+                batch: list[str] = []
+                size = 0
+                for key in self._pending:
+                    batch.append(key)
+                    size += len(key) + 4
+                    if size >= _MAX_MESSAGE_BYTES:
+                        break
+                if await self._publish(batch, len(batch)):
+                    for key in batch:
+                        self._pending.pop(key, None)
+                    backoff = 0.02
+                    continue
+            if self._closing:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _REPUBLISH_BACKOFF_MAX)
+
+    async def _publish(self, keys: list[str] | None, count: int) -> bool:
+        """One message; True if Redis took it. The sequence number advances
+        only on success, so receivers see no gap for a failed attempt (and
+        treat a repeat after a lost reply as a gap: they empty their L1)."""
+        message = encode_message(self.origin, self._sequence + 1, keys)
         try:
             await self._l2.call(self._l2.backend.publish, self.channel, message)
         except L2Unavailable:
-            # The other processes' subscriptions fail with the same outage and
-            # they drop their L1s when they resubscribe; nothing else to do.
             self.publish_failures += 1
-            return
+            return False
+        self._sequence += 1
         self.published_messages += 1
         self.published_keys += count
+        return True
 
     # -- receiving -------------------------------------------------------------------
 
@@ -295,6 +318,8 @@ class Invalidator:
             return
         self.received_messages += 1
         last = self._last_sequence.get(message.origin)
+        if last is None and len(self._last_sequence) >= _MAX_PEERS:
+            self._last_sequence.clear()  # bounded; a forgotten peer just restarts its count
         self._last_sequence[message.origin] = message.sequence
         if last is not None and message.sequence != last + 1:
             self.gaps += 1
@@ -318,6 +343,13 @@ class Invalidator:
         clients, fakeredis among them) can swallow a cancellation, and the
         loops also stop by themselves at their next turn."""
         self._closing = True
+        if (self._pending or self._pending_clear) and (
+            self._publisher is None or self._publisher.done()
+        ):
+            # Announce what is still pending before leaving, within l2_timeout.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._l2.timeout):
+                    await self._publish_pending()
         for task in (self._listener, self._publisher):
             if task is None:
                 continue
