@@ -585,6 +585,8 @@ class CacheHierarchy:
                 self._keep_for_replay(
                     exc, PendingWrite(full, key, encoded.blob, version, expires_at)
                 )
+                if exc.kind == "oom":
+                    await self._drop_refused([key], [full])
             else:
                 if self._recovery:
                     self._recovery.supersede(full)
@@ -642,6 +644,8 @@ class CacheHierarchy:
                     self._keep_for_replay(
                         exc, PendingWrite(full, key, enc.blob, version, expires_at)
                     )
+                if exc.kind == "oom":
+                    await self._drop_refused([k for k, _, _ in items], [f for _, f, _ in items])
             else:
                 if self._recovery:
                     for _, full, _ in items:
@@ -729,6 +733,19 @@ class CacheHierarchy:
         if exc.kind in UNAVAILABLE_KINDS:
             self._recovery.record(write)
             self._ensure_replayer()
+
+    async def _drop_refused(self, keys: list[str], fulls: list[bytes]) -> None:
+        """Redis refused a write for lack of memory (maxmemory, noeviction)
+        and still holds the value it was to replace. Delete that value (DEL
+        needs no memory) and announce it, so that no process reads it as
+        current: a miss instead of an outdated value."""
+        l2 = self._l2
+        if l2 is None:  # pragma: no cover - only called after an L2 write
+            return
+        with contextlib.suppress(L2Unavailable):
+            await l2.call(l2.backend.delete_many, fulls)
+            if self._invalidator is not None:
+                self._invalidator.announce(keys)
 
     def _l2_available(self) -> None:
         """L2 answers again (called by GuardedL2): replay what was kept now."""

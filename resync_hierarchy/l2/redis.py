@@ -68,6 +68,8 @@ def translate_redis_error(exc: BaseException) -> L2Error:
         return L2Error("noperm", message)
     if isinstance(exc, rexc.ReadOnlyError):
         return L2Error("readonly", message)
+    if isinstance(exc, rexc.OutOfMemoryError):  # redis-py 8 drops the "OOM" prefix
+        return L2Error("oom", message)
     if isinstance(exc, rexc.ResponseError):
         text = str(exc)
         if text.startswith("OOM"):

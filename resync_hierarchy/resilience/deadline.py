@@ -24,16 +24,32 @@ __all__ = ["DeadlineEntry", "SharedDeadline"]
 _ACTIVE, _DONE, _EXPIRED, _SETTLED = 0, 1, 2, 3
 
 
+_RECANCEL_AFTER = 0.005
+"""Seconds after which an expired operation that has not ended is cancelled
+again: ``asyncio.wait_for`` on Python 3.11 (used inside redis-py's command
+writes) can swallow a cancellation that arrives as its inner step completes."""
+
+
 class DeadlineEntry:
     """One operation's deadline; ``finish()`` it when the operation ends."""
 
-    __slots__ = ("cancelling", "deadline", "state", "task")
+    __slots__ = ("cancelling", "cancels", "deadline", "state", "task")
 
     def __init__(self, deadline: float, task: asyncio.Task[object], cancelling: int) -> None:
         self.deadline = deadline
         self.task = task
         self.cancelling = cancelling
+        self.cancels = 0  # cancellation requests this deadline made
         self.state = _ACTIVE
+
+    def _withdraw(self) -> int:
+        """Take back every cancellation this deadline requested; returns the
+        task's remaining cancellation count."""
+        remaining = self.task.cancelling()
+        for _ in range(self.cancels):
+            remaining = self.task.uncancel()
+        self.cancels = 0
+        return remaining
 
     def finish(self) -> None:
         """Mark the operation ended. If the deadline fired but the operation
@@ -44,7 +60,7 @@ class DeadlineEntry:
             self.state = _DONE
         elif state == _EXPIRED:
             self.state = _SETTLED
-            self.task.uncancel()
+            self._withdraw()
 
     def expired(self) -> bool:
         """After a ``CancelledError``: True if this deadline caused it (and the
@@ -52,7 +68,7 @@ class DeadlineEntry:
         if self.state != _EXPIRED:
             return False
         self.state = _SETTLED
-        return self.task.uncancel() <= self.cancelling
+        return self._withdraw() <= self.cancelling
 
 
 class SharedDeadline:
@@ -107,4 +123,14 @@ class SharedDeadline:
                 return
             entries.popleft()
             entry.state = _EXPIRED
-            entry.task.cancel()
+            self._cancel(loop, entry)
+
+    def _cancel(self, loop: asyncio.AbstractEventLoop, entry: DeadlineEntry) -> None:
+        """Cancel the expired operation's task, and again every few ms until
+        the operation has ended (a swallowed cancellation must not turn the
+        deadline into redis-py's socket timeout)."""
+        if entry.state != _EXPIRED or entry.task.done():
+            return
+        entry.cancels += 1
+        entry.task.cancel()
+        loop.call_later(_RECANCEL_AFTER, self._cancel, loop, entry)

@@ -112,3 +112,29 @@ def test_a_new_event_loop_starts_clean() -> None:
     assert asyncio.run(guarded(deadline, 1)) == "timeout"
     assert asyncio.run(guarded(deadline, 0)) == "done"
     assert asyncio.run(guarded(deadline, 1)) == "timeout"
+
+
+async def test_a_swallowed_cancellation_is_repeated_until_the_operation_ends() -> None:
+    """asyncio.wait_for on Python 3.11 can swallow a cancellation (redis-py
+    writes commands under it): the deadline cancels again until it ends."""
+    deadline = SharedDeadline(0.02)
+
+    async def swallows_once() -> str:
+        entry = deadline.start()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(5)  # the first cancellation is swallowed here
+            await asyncio.sleep(5)  # the repeated one ends the operation
+        except asyncio.CancelledError:
+            if entry.expired():
+                return "timeout"
+            raise
+        finally:
+            entry.finish()
+        return "done"
+
+    started = time.monotonic()
+    task = asyncio.create_task(swallows_once())
+    assert await task == "timeout"
+    assert time.monotonic() - started < 0.02 + 0.1
+    assert task.cancelling() == 0

@@ -123,7 +123,10 @@ async def test_answers_from_a_working_redis_are_not_retried_and_do_not_open_the_
     assert backend.calls["set"] == 10  # one attempt each
     stats = cache.get_stats()
     assert stats["circuit_state"] == "closed"
-    assert stats["l2_errors_by_kind"] == {kind: 10}
+    # An OOM-refused set also tries to delete the value it failed to replace.
+    expected = 20 if kind == "oom" else 10
+    assert stats["l2_errors_by_kind"] == {kind: expected}
+    assert backend.calls["delete_many"] == (10 if kind == "oom" else 0)
     assert stats["recovery_pending"] == 0  # Redis answered: replaying would fail alike
     assert await cache.get("k3") == 3  # L1 still took the write
 
@@ -336,3 +339,24 @@ async def test_overflow_of_the_recovery_queue_is_counted(server: fakeredis.FakeS
     stats = cache.get_stats()
     assert (stats["recovery_pending"], stats["recovery_overflowed"]) == (3, 2)
     await cache.shutdown()
+
+
+async def test_an_oom_refused_set_deletes_the_value_it_could_not_replace(
+    server: fakeredis.FakeServer,
+) -> None:
+    cache, backend = build(server)
+    await cache.set("k", "old")
+    real_set = backend.inner.set
+
+    async def refuse(key: bytes, value: bytes, ttl_ms: int | None) -> None:
+        raise L2Error("oom", "command not allowed when used memory > 'maxmemory'")
+
+    backend.inner.set = refuse  # type: ignore[method-assign]
+    await cache.set("k", "new")  # no exception
+    backend.inner.set = real_set  # type: ignore[method-assign]
+    assert await plain(server).get("k") is None  # not the outdated "old"
+    assert await cache.get("k") == "new"  # this process's L1 has the write
+    stats = cache.get_stats()
+    assert stats["l2_errors_by_kind"] == {"oom": 1}
+    assert stats["circuit_state"] == "closed"
+    assert stats["recovery_pending"] == 0
