@@ -693,6 +693,8 @@ async def test_a_missed_announcement_is_applied_by_the_poll_within_1s(redis_url:
         document["revision"] = 1
         await raw_record(redis_url, json.dumps(document), publish=False)  # nobody is told
         await wait_until(lambda: mm.status()["mode"] == "read_new", WITHIN)
+        assert mm.status()["fleet"]["revision"] == 1
+        assert mm.status()["rollout_percent"] == 50
 
 
 def _client_lines(server: RedisServer) -> list[str]:
