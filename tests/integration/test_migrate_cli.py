@@ -151,3 +151,60 @@ def test_backfill_and_verify_from_the_cli(
     assert (code, doc["completed"], doc["copied"]) == (0, True, 120)
     code, doc = migrate(capsys, redis_url, "verify", "--legacy-namespace", "old", "--sample", "50")
     assert (code, doc["sampled"], doc["mismatch_rate"]) == (0, 50, 0.0)
+
+
+async def test_the_whole_rehearsal_from_the_cli_with_a_running_manager(redis_url: str) -> None:
+    """legacy only -> shadow -> backfill/verify -> 10 -> 25 -> 50 -> 100 ->
+    rollback -> forward again -> finish, each step applied by a running
+    manager within a second, every read correct throughout."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from resync_hierarchy import MigrationFlags, MigrationManager
+
+    async with cache(redis_url, "old") as seed:
+        await seed.set_many({f"k{i}": i for i in range(200)}, ttl=600)
+    mm = MigrationManager(
+        CacheHierarchy.from_url(redis_url, namespace="old"),
+        CacheHierarchy.from_url(redis_url, namespace="new"),
+        flags=MigrationFlags(dual_write=False),
+        registry=CollectorRegistry(),
+    )
+
+    def cli(*args: str) -> int:
+        argv = ["migrate", *args, "--redis-url", redis_url, "--namespace", "new", "--json"]
+        return main(argv)
+
+    async with mm:
+        steps: list[tuple[tuple[str, ...], str, float]] = [
+            (("legacy",), "legacy_only", 100.0),
+            (("shadow", "--sample", "20"), "dual_write", 100.0),
+            (("backfill", "--legacy-namespace", "old"), "dual_write", 100.0),
+            (("verify", "--legacy-namespace", "old"), "dual_write", 100.0),
+            (("rollout", "10"), "read_new", 10.0),
+            (("rollout", "25"), "read_new", 25.0),
+            (("rollout", "50"), "read_new", 50.0),
+            (("rollout", "100"), "read_new", 100.0),
+            (("rollback",), "dual_write", 100.0),
+            (("rollout", "100"), "read_new", 100.0),
+            (("finish",), "new_only", 100.0),
+        ]
+        for args, mode, percent in steps:
+            assert await asyncio.to_thread(cli, *args) == 0, args
+            deadline = time.monotonic() + 1.0
+            while (mm.flags.mode, mm.flags.rollout_percent) != (mode, percent):
+                assert time.monotonic() < deadline, f"{args}: not applied within 1 s"
+                await asyncio.sleep(0.01)
+            values = [await mm.get(f"k{i}") for i in range(200)]
+            assert values == list(range(200)), args
+            await mm.set(f"written-at-{args[0]}", args)
+        status = mm.status()
+        assert status["new_reads"] > 0
+        assert status["legacy_reads"] > 0
+        assert status["errors"] == status["mismatches"] == 0
+    async with cache(redis_url, "old") as legacy, cache(redis_url, "new") as new:
+        assert await new.get("written-at-rollout") == ["rollout", "100"]
+        assert await legacy.get("written-at-rollback") == ["rollback"]  # dual write
+        assert await legacy.get("written-at-finish") is None  # new only after finish
+        assert await new.get("written-at-finish") == ["finish"]
