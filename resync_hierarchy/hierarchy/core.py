@@ -149,6 +149,7 @@ class CacheHierarchy:
         self._recovery = RecoveryQueue(config.recovery_queue_max)
         self._replay_task: asyncio.Task[None] | None = None
         self._replay_wakeup = asyncio.Event()
+        self._deleted_during_replay: dict[bytes, int] = {}
         self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
         self._generations = [0] * _GENERATIONS
         self._flight = SingleFlight()
@@ -688,6 +689,12 @@ class CacheHierarchy:
                 if self._recovery:
                     for full in fulls:
                         self._recovery.supersede(full)
+                if self._replay_task is not None and not self._replay_task.done():
+                    # A replay in flight could land after this DEL and bring an
+                    # older value back; the replay undoes that with this version.
+                    version = self._next_version()
+                    for full in fulls:
+                        self._deleted_during_replay[full] = version
                 if self._invalidator is not None:
                     self._invalidator.announce(wanted)
         removed = 0
@@ -768,7 +775,9 @@ class CacheHierarchy:
         wakeup = self._replay_wakeup
         while self._recovery and not self._closed:
             wakeup.clear()
-            if await self._replay():
+            replayed = await self._replay()
+            self._deleted_during_replay.clear()
+            if replayed:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.breaker_reset_timeout):
@@ -807,6 +816,7 @@ class CacheHierarchy:
                             ttl_ms = max(1, round(left * 1000))
                     items.append((write.full_key, blob, write.version, ttl_ms))
                 applied = await l2.call(l2.backend.write_if_newer, items)
+                await self._undo_replays_behind_deletes(l2, batch, applied)
                 for write, done in zip(batch, applied, strict=True):
                     if not recovery.done(write):
                         continue  # replaced while in flight: the newer one replays next
@@ -837,6 +847,23 @@ class CacheHierarchy:
             seconds=round(time.monotonic() - started, 3),
         )
         return True
+
+    async def _undo_replays_behind_deletes(
+        self, l2: GuardedL2, batch: list[PendingWrite], applied: list[bool]
+    ) -> None:
+        """A delete of a key reached Redis while that key's older write was
+        being replayed, and the replay landed after it: delete again, only
+        if nothing newer than the delete is there."""
+        deleted = self._deleted_during_replay
+        if not deleted:
+            return
+        undo = [
+            (write.full_key, None, deleted[write.full_key], None)
+            for write, done in zip(batch, applied, strict=True)
+            if done and deleted.get(write.full_key, -1) > write.version
+        ]
+        if undo:
+            await l2.call(l2.backend.write_if_newer, undo)
 
     async def _replay_clear(self, l2: GuardedL2, version: int) -> None:
         """Delete the namespace's keys written before the ``clear()`` at ``version``."""

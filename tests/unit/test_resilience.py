@@ -360,3 +360,35 @@ async def test_an_oom_refused_set_deletes_the_value_it_could_not_replace(
     assert stats["l2_errors_by_kind"] == {"oom": 1}
     assert stats["circuit_state"] == "closed"
     assert stats["recovery_pending"] == 0
+
+
+async def test_a_replay_landing_after_a_local_delete_does_not_bring_the_value_back(
+    server: fakeredis.FakeServer,
+) -> None:
+    cache, backend = build(server)
+    backend.fail = "connection"
+    await cache.set("k", "written during the outage")
+    assert cache.get_stats()["recovery_pending"] == 1
+    real_write = backend.inner.write_if_newer
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+    held = 0
+
+    async def held_replay(items: Any) -> Any:
+        nonlocal held
+        held += 1
+        if held == 1:  # the replay's batch: reads nothing yet, lands later
+            in_flight.set()
+            await release.wait()
+        return await real_write(items)
+
+    backend.inner.write_if_newer = held_replay  # type: ignore[method-assign]
+    backend.fail = None
+    await cache.get("other")  # a successful call wakes the replay
+    await asyncio.wait_for(in_flight.wait(), 2)
+    assert await cache.delete("k") is True  # reaches Redis while the replay is held
+    release.set()
+    await wait_for(lambda: cache.get_stats()["recovery_pending"] == 0)
+    await asyncio.sleep(0.05)
+    assert await plain(server).get("k") is None  # the delete stands
+    await cache.shutdown()
