@@ -755,7 +755,9 @@ class CacheHierarchy:
                 self._invalidator.announce(keys)
 
     def _l2_available(self) -> None:
-        """L2 answers again (called by GuardedL2): replay what was kept now."""
+        """L2 answers again (called by GuardedL2): resubscribe and replay now."""
+        if self._invalidator is not None:
+            self._invalidator.wake()
         if self._recovery:
             self._replay_wakeup.set()
             self._ensure_replayer()

@@ -59,7 +59,7 @@ _MAGIC = b"RI1"
 _HEAD = struct.Struct(">3s16sQc")
 _COUNT = struct.Struct(">I")
 _MAX_MESSAGE_BYTES = 64 * 1024  # a burst is split into messages of about this size
-_RESUBSCRIBE_BACKOFF_MAX = 2.0
+_RESUBSCRIBE_BACKOFF_MAX = 0.5
 _REPUBLISH_BACKOFF_MAX = 1.0
 _MAX_PENDING_KEYS = 10_000  # past this, one clear message replaces the keys
 _MAX_PEERS = 10_000  # sequence numbers remembered per peer process
@@ -153,6 +153,7 @@ class Invalidator:
         self._listener: asyncio.Task[None] | None = None
         self._last_sequence: dict[bytes, int] = {}
         self._closing = False
+        self._wakeup = asyncio.Event()
         self.subscribed = False
         self._subscribed_event = asyncio.Event()
         self.published_messages = 0
@@ -253,10 +254,15 @@ class Invalidator:
         backoff = 0.05
         first = True
         while not self._closing:
+            self._wakeup.clear()
             try:
                 subscription = await self._l2.call(self._l2.backend.subscribe, self.channel)
             except L2Unavailable:
-                await asyncio.sleep(backoff)
+                # Until subscribed again, L1 answers no reads: retry soon, and
+                # at once when L2 is known to answer again (see wake()).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._wakeup.wait()
                 backoff = min(backoff * 2, _RESUBSCRIBE_BACKOFF_MAX)
                 continue
             backoff = 0.05
@@ -310,6 +316,10 @@ class Invalidator:
                 pinged_at = now
                 async with asyncio.timeout(timeout):
                     await subscription.ping()
+
+    def wake(self) -> None:
+        """L2 answers again: resubscribe now rather than after the backoff."""
+        self._wakeup.set()
 
     async def wait_subscribed(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the subscription to be live."""

@@ -1533,6 +1533,9 @@ async def scenario_f2_allkeys_lru(target: ChaosTarget) -> ScenarioReport:
     )
     s = replace(target.settings, value_bytes=4000)
     await target.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    # Evict as much as a write needs: with the default tenacity (10) eviction
+    # is incremental and a write burst gets OOM errors although keys could go.
+    await target.command("CONFIG", "SET", "maxmemory-eviction-tenacity", "100")
     limit = 0
     try:
         async with _caches(target.redis_url, target, s) as (app, other):
