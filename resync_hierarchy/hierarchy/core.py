@@ -678,6 +678,13 @@ class CacheHierarchy:
         in_l2 = [False] * len(wanted)
         l2 = self._l2
         if l2 is not None:
+            if self._recovery or (self._replay_task is not None and not self._replay_task.done()):
+                # A replay could land after this DEL and bring an older value
+                # back; the replay then deletes again with this version. Noted
+                # before the DEL is sent, so no ordering of replies escapes it.
+                version = self._next_version()
+                for full in fulls:
+                    self._deleted_during_replay[full] = version
             try:
                 in_l2 = await l2.call(l2.backend.delete_many, fulls)
             except L2Unavailable as exc:
@@ -689,12 +696,6 @@ class CacheHierarchy:
                 if self._recovery:
                     for full in fulls:
                         self._recovery.supersede(full)
-                if self._replay_task is not None and not self._replay_task.done():
-                    # A replay in flight could land after this DEL and bring an
-                    # older value back; the replay undoes that with this version.
-                    version = self._next_version()
-                    for full in fulls:
-                        self._deleted_during_replay[full] = version
                 if self._invalidator is not None:
                     self._invalidator.announce(wanted)
         removed = 0
