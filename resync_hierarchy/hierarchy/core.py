@@ -316,10 +316,11 @@ class CacheHierarchy:
             blob = await l2.call(l2.backend.get, full)
         except L2Unavailable:
             return _UNAVAILABLE
-        if self._recovery:
-            pending = self._recovery.get(full)
-            if pending is not None:  # our newer write has not reached L2 yet
-                blob = pending.blob
+        pending = self._recovery.get(full) if self._recovery else None
+        if pending is not None:  # our newer write has not reached L2 yet
+            blob = pending.blob
+        elif self._deleted_during_replay and full in self._deleted_during_replay:
+            return MISSING  # deleted here; a replay may have written an older value back
         if blob is None:
             return MISSING
         return self._accept_from_l2(key, full, blob, generation)
@@ -484,6 +485,8 @@ class CacheHierarchy:
                 blob = stored
                 if recovery and (queued := recovery.get(full)) is not None:
                     blob = queued.blob
+                elif self._deleted_during_replay and full in self._deleted_during_replay:
+                    blob = None  # deleted here; a replay may have written an older value back
                 if not available:
                     value = self._fail_safe(key)
                     if value is not MISSING:
@@ -591,6 +594,7 @@ class CacheHierarchy:
             else:
                 if self._recovery:
                     self._recovery.supersede(full)
+                self._deleted_during_replay.pop(full, None)
                 if self._invalidator is not None:
                     self._invalidator.announce((key,))
         self._fill_after_write(key, generation, encoded.value, expires_at, len(encoded.blob))
@@ -651,6 +655,8 @@ class CacheHierarchy:
                 if self._recovery:
                     for _, full, _ in items:
                         self._recovery.supersede(full)
+                for _, full, _ in items:
+                    self._deleted_during_replay.pop(full, None)
                 if self._invalidator is not None:
                     self._invalidator.announce(key for key, _, _ in items)
         # Compare every generation before bumping any: keys of one batch may
@@ -740,6 +746,8 @@ class CacheHierarchy:
         Redis answered, and replaying would fail the same way."""
         if exc.kind in UNAVAILABLE_KINDS:
             self._recovery.record(write)
+            if write.blob is not None:  # a newer local write than any delete noted
+                self._deleted_during_replay.pop(write.full_key, None)
             self._ensure_replayer()
 
     async def _drop_refused(self, keys: list[str], fulls: list[bytes]) -> None:

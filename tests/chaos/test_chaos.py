@@ -14,6 +14,7 @@ import pytest
 from support.redis_server import RedisServer
 
 from resync_hierarchy.testing.chaos import (
+    PATTERN_REPLAY_OVERTOOK_DELETE,
     ChaosTarget,
     ScenarioReport,
     scenario_a_kill,
@@ -29,11 +30,23 @@ from resync_hierarchy.testing.chaos import (
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(60)]
 
 
+KNOWN_LIMIT = (
+    "known limit (README: deletes leave no version in Redis; tombstones are not built): "
+    "a write kept or timed out during an outage reached Redis after a later delete "
+    "of the same key"
+)
+
+
 def held(report: ScenarioReport) -> bool:
-    """Print the report (pytest shows it on failure) and tell whether every check held."""
+    """Print the report (pytest shows it on failure) and tell whether every check
+    held. If every failed check has the shape of the documented delete race, the
+    test is marked xfail at run time; any other failure fails it."""
     print(report.failure_summary())
     print(f"measurements: {report.measurements}")
-    return report.passed and not report.failed_checks()
+    failed = report.failed_checks()
+    if failed and all(c.pattern == PATTERN_REPLAY_OVERTOOK_DELETE for c in failed):
+        pytest.xfail(KNOWN_LIMIT + "\n" + report.failure_summary())
+    return report.passed and not failed
 
 
 async def test_a_kill9_under_200_tasks(fresh_redis: RedisServer) -> None:
