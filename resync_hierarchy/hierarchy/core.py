@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
+from resync_hierarchy._tasks import cancel_and_wait
 from resync_hierarchy._types import MISSING, Clock, wall_clock
 from resync_hierarchy.codec import Codec, CorruptValueError
 from resync_hierarchy.config import HierarchyConfig
@@ -150,7 +151,6 @@ class CacheHierarchy:
         self._replay_task: asyncio.Task[None] | None = None
         self._replay_wakeup = asyncio.Event()
         self._deleted_during_replay: dict[bytes, int] = {}
-        self._max_key_chars = config.max_key_bytes // 4  # a key this short always fits in UTF-8
         self._generations = [0] * _GENERATIONS
         self._flight = SingleFlight()
         self._last_version = 0
@@ -232,12 +232,8 @@ class CacheHierarchy:
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._sweeper, self._replay_task, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in (self._sweeper, self._replay_task, *list(self._background)):
+            await cancel_and_wait(task)
         if self._recovery and self._l2 is not None:
             _log.warning(
                 "shutdown_with_pending_writes",
@@ -1127,18 +1123,13 @@ class CacheHierarchy:
         self._l1_read = self._l1 if trusted else None
 
     def _ensure_open(self) -> None:
-        if not self._background_started:
-            if self._closed:
-                raise CacheClosedError(
-                    f"cache for namespace {self.config.namespace!r} was shut down; "
-                    "create a new CacheHierarchy to use it again"
-                )
-            self._start_background()
         if self._closed:
             raise CacheClosedError(
                 f"cache for namespace {self.config.namespace!r} was shut down; "
                 "create a new CacheHierarchy to use it again"
             )
+        if not self._background_started:
+            self._start_background()
 
     def _spawn(self, coro: Any) -> None:
         try:

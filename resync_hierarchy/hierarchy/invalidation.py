@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from resync_hierarchy._tasks import cancel_and_wait
 from resync_hierarchy.l2.base import L2Error, Subscription
 from resync_hierarchy.observe.logging import get_logger
 from resync_hierarchy.resilience.guard import GuardedL2, L2Unavailable
@@ -371,17 +372,8 @@ class Invalidator:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._l2.timeout):
                     await self._publish_pending()
-        for task in (self._listener, self._publisher):
-            if task is None:
-                continue
-            for _ in range(100):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=0.05)
-                if done:
-                    break
-            if task.done() and not task.cancelled():
-                with contextlib.suppress(Exception):
-                    task.result()
+        await cancel_and_wait(self._listener)
+        await cancel_and_wait(self._publisher)
 
     def stats(self) -> dict[str, int | bool]:
         return {

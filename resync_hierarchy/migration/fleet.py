@@ -21,7 +21,6 @@ keeps its flags. JSON only: nothing here is ever unpickled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
@@ -29,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from resync_hierarchy._tasks import cancel_and_wait
 from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.hierarchy import CacheHierarchy
 from resync_hierarchy.l2.base import L2Error
@@ -66,17 +66,8 @@ class FlagRecord:
         Raises ConfigurationError for a record that does not validate and
         L2Unavailable when Redis does not answer.
         """
-        raw = await self._l2.call(self._l2.backend.get, self.key)
-        if raw is None:
-            return None
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"the flag record is not JSON: {exc}") from exc
-        if not isinstance(document, dict):
-            raise ConfigurationError("the flag record is not a JSON object")
-        flags, revision, _ = self._parse(document)
-        return flags, revision
+        found = await self.read_stamped()
+        return None if found is None else (found[0], found[1])
 
     async def read_stamped(self) -> tuple[MigrationFlags, int, float] | None:
         """Flags, revision and ``updated_at`` of the record, or None."""
@@ -210,14 +201,7 @@ class FleetFlags:
     async def aclose(self) -> None:
         self._closing = True
         for task in self._tasks:
-            for _ in range(100):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=0.05)
-                if done:
-                    break
-            if task.done() and not task.cancelled():
-                with contextlib.suppress(Exception):
-                    task.result()
+            await cancel_and_wait(task)
 
     def describe(self) -> dict[str, Any]:
         return {"revision": self.revision, "rejected": self.rejected, "last_error": self.last_error}

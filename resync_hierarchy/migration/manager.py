@@ -31,12 +31,12 @@ with a poll as a safety net; see :mod:`resync_hierarchy.migration.fleet`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry
 
+from resync_hierarchy._tasks import cancel_and_wait
 from resync_hierarchy._types import MISSING
 from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.hierarchy import CacheHierarchy
@@ -176,9 +176,7 @@ class MigrationManager:
         if self._fleet is not None:
             await self._fleet.aclose()
         for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         await asyncio.gather(self.legacy.shutdown(), self.new.shutdown())
 
     async def stop(self) -> None:

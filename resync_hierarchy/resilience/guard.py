@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+from resync_hierarchy._tasks import cancel_and_wait
 from resync_hierarchy.l2.base import L2Backend, L2Error
 from resync_hierarchy.observe.logging import get_logger
 from resync_hierarchy.resilience.breaker import BreakerState, CircuitBreaker
@@ -269,10 +270,6 @@ class GuardedL2:
 
     async def aclose(self) -> None:
         """Stop the probe and close the backend."""
-        task = self._probe_task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._probe_task)
         with contextlib.suppress(L2Error):  # a broken connection must not fail shutdown
             await self.backend.aclose()
