@@ -90,6 +90,7 @@ async def test_backfill_copies_never_overwrites_newer_and_is_idempotent(redis_ur
     async with cache(redis_url, "old") as legacy, cache(redis_url, "new") as new:
         await legacy.set_many({f"k{i}": f"old-{i}" for i in range(250)}, ttl=600)
         await legacy.set("short", "x", ttl=0.001)
+        await asyncio.sleep(0.02)  # expired (in Redis and by its envelope) before the backfill
         await new.set("k7", "newer in new")  # written after the legacy value
         report = await backfill(legacy, new, batch=40)
         assert report.completed
