@@ -154,6 +154,8 @@ class GuardedL2:
             raise first
 
         async def attempt() -> T:
+            if not self.breaker.allow():  # opened while this retry was backing off
+                raise L2Error("circuit_open", "circuit opened: retry not sent")
             await self.limiter.acquire()
             try:
                 return await op(*args, **kwargs)

@@ -392,3 +392,20 @@ async def test_a_replay_landing_after_a_local_delete_does_not_bring_the_value_ba
     await asyncio.sleep(0.05)
     assert await plain(server).get("k") is None  # the delete stands
     await cache.shutdown()
+
+
+async def test_a_retry_backing_off_is_not_sent_once_the_circuit_opened(
+    server: fakeredis.FakeServer,
+) -> None:
+    cache, backend = build(
+        server, l2_retry_backoff=0.2, l2_retry_backoff_max=0.2, breaker_failure_threshold=1
+    )
+    backend.fail = "connection"
+    assert cache._l2 is not None
+    first = asyncio.create_task(cache.get("k", "d"))
+    await asyncio.sleep(0.01)  # its first attempt failed; its retry is backing off
+    assert backend.calls["get"] == 1
+    cache._l2.breaker.record_failure("another call failed")  # the circuit opens
+    assert await first == "d"
+    assert backend.calls["get"] == 1  # the retry was never sent
+    await cache.shutdown()
