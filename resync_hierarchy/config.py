@@ -43,6 +43,7 @@ invalidation_ping_interval 1.0            seconds of silence on the invalidation
 max_key_bytes             1024            UTF-8 bytes of a key
 max_value_bytes           1 MiB           bytes of an encoded value
 signing_key               None            secret; values carry an HMAC-SHA256
+metrics                   True            False: no Prometheus metrics are recorded
 ========================  ==============  ==========================================
 """
 
@@ -91,6 +92,7 @@ class HierarchyConfig:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     signing_key: str | bytes | None = field(default=None, repr=False)
+    metrics: bool = True
     parsed_url: ParsedURL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +132,8 @@ class HierarchyConfig:
                 f"invalidation must be True or False, got {self.invalidation!r}"
             )
         _check_positive_number(self, "invalidation_ping_interval")
+        if not isinstance(self.metrics, bool):
+            raise ConfigurationError(f"metrics must be True or False, got {self.metrics!r}")
         _check_int(self, "max_key_bytes", minimum=1)
         _check_int(self, "max_value_bytes", minimum=64)
         key = self.signing_key

@@ -43,7 +43,14 @@ from resync_hierarchy.hierarchy.invalidation import Invalidator
 from resync_hierarchy.hierarchy.singleflight import SingleFlight
 from resync_hierarchy.l1 import L1Store
 from resync_hierarchy.l2.base import L2Backend
+from resync_hierarchy.observe.latency import LatencyRecorder
 from resync_hierarchy.observe.logging import get_logger
+from resync_hierarchy.observe.metrics import (
+    TIMED_OPERATIONS,
+    CollectorRegistry,
+    HierarchySample,
+    register_hierarchy_source,
+)
 from resync_hierarchy.resilience.guard import UNAVAILABLE_KINDS, GuardedL2, L2Unavailable
 from resync_hierarchy.resilience.recovery import PendingWrite, RecoveryQueue
 
@@ -55,6 +62,8 @@ _GENERATIONS = 1024  # stripes of the per-key write generation (a power of two)
 _SWEEP_BUDGET = 2000  # expired L1 entries reclaimed per sweeper tick at most
 _CLEAR_MIN_SECONDS = 10.0  # clear() scans the namespace: it gets a longer deadline
 _REPLAY_BATCH = 200  # pending writes replayed per round trip
+_L1_TIMING_EVERY = 64  # one L1 hit in this many is timed (timing costs as much as the hit)
+_NEVER = 1 << 62  # a countdown that does not reach zero
 
 
 class _Unavailable:
@@ -98,7 +107,10 @@ class CacheHierarchy:
         *,
         l2: L2Backend | None = None,
         clock: Clock = wall_clock,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``registry``: the Prometheus registry to export to (the default one
+        if None); nothing is exported when ``config.metrics`` is False."""
         self.config = config
         self._clock = clock
         self._codec = Codec(
@@ -172,26 +184,56 @@ class CacheHierarchy:
         self._write_races = 0
         self._replayed = 0
         self._replay_superseded = 0
+        self._unavailable_misses = 0  # misses because L2 did not answer (and nothing stale)
+        self._set_failures = 0  # writes that reached L1 but not L2 (kept for replay)
+        self._delete_failures = 0
+        self._latency: LatencyRecorder | None = None
+        self._l1_timing_countdown = _NEVER
+        if config.metrics:
+            self._latency = LatencyRecorder(
+                (operation, tier)
+                for operation, tier in TIMED_OPERATIONS
+                # without L2 everything is answered by L1; with L2 only reads may be
+                if (tier == "l1") == (self._l2 is None) or operation in ("get", "get_many")
+            )
+            self._l1_timing_countdown = 0
+            register_hierarchy_source(self, registry)
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_url(cls, url: str, namespace: str | None = None, **overrides: Any) -> Self:
+    def from_url(
+        cls,
+        url: str,
+        namespace: str | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        **overrides: Any,
+    ) -> Self:
         """A hierarchy on ``url`` (``redis://…``, ``rediss://…``, ``unix://…``
-        or ``memory://``); keyword ``overrides`` set any HierarchyConfig field."""
+        or ``memory://``); keyword ``overrides`` set any HierarchyConfig field.
+        ``registry``: the Prometheus registry (the default one if None)."""
         if namespace is not None:
             overrides["namespace"] = namespace
-        return cls(HierarchyConfig.from_url(url, **overrides))
+        return cls(HierarchyConfig.from_url(url, **overrides), registry=registry)
 
     @classmethod
-    def from_config(cls, config: HierarchyConfig) -> Self:
-        return cls(config)
+    def from_config(
+        cls, config: HierarchyConfig, *, registry: CollectorRegistry | None = None
+    ) -> Self:
+        return cls(config, registry=registry)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        **overrides: Any,
+    ) -> Self:
         """A hierarchy configured by ``RESYNC_CACHE_URL``, ``RESYNC_CACHE_NAMESPACE``
         and ``RESYNC_CACHE_<FIELD>`` variables (see :meth:`HierarchyConfig.from_env`)."""
-        return cls(HierarchyConfig.from_env(environ, **overrides))
+        return cls(HierarchyConfig.from_env(environ, **overrides), registry=registry)
 
     def __repr__(self) -> str:
         l2 = self._l2.backend.description if self._l2 is not None else "none"
@@ -263,11 +305,26 @@ class CacheHierarchy:
         """The value of ``key`` from L1, else from L2 (promoted into L1), else ``default``."""
         l1 = self._l1_read
         if l1 is not None and type(key) is str:
-            value = l1.get(key)
-            if value is not MISSING:
-                self._l1_hits += 1
-                return value
+            if self._l1_timing_countdown:
+                self._l1_timing_countdown -= 1
+                value = l1.get(key)
+                if value is not MISSING:
+                    self._l1_hits += 1
+                    return value
+            else:
+                return await self._timed_get(l1, key, default)
         return await self._get_through(key, default)
+
+    async def _timed_get(self, l1: L1Store, key: str, default: Any) -> Any:
+        self._l1_timing_countdown = _L1_TIMING_EVERY - 1
+        started = time.perf_counter()
+        value = l1.get(key)
+        if value is MISSING:
+            return await self._get_through(key, default)
+        self._l1_hits += 1
+        if self._latency is not None:
+            self._latency.observe(("get", "l1"), time.perf_counter() - started)
+        return value
 
     async def _get_through(self, key: str, default: Any) -> Any:
         full = self._full_key(key)
@@ -277,9 +334,16 @@ class CacheHierarchy:
             if value is not MISSING:
                 self._l1_hits += 1
                 return value
+        started = time.perf_counter()
         value = await self._read_l2(key, full)
+        if self._latency is not None:
+            self._latency.observe(
+                ("get", "l1" if self._l2 is None else "l2"), time.perf_counter() - started
+            )
         if value is _UNAVAILABLE:
             value = self._fail_safe(key)
+            if value is MISSING:
+                self._unavailable_misses += 1
         elif value is not MISSING:
             self._l2_hits += 1
             return value
@@ -454,6 +518,7 @@ class CacheHierarchy:
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The keys found, with their values: L1 first, then one L2 round trip
         for all L1 misses. Keys not found are absent from the result."""
+        started = time.perf_counter()
         wanted = list(dict.fromkeys(keys))
         fulls = [self._full_key(k) for k in wanted]
         found: dict[str, Any] = {}
@@ -488,6 +553,7 @@ class CacheHierarchy:
                     if value is not MISSING:
                         found[key] = value
                         continue
+                    self._unavailable_misses += 1
                 value = (
                     MISSING if blob is None else self._accept_from_l2(key, full, blob, generation)
                 )
@@ -498,6 +564,9 @@ class CacheHierarchy:
                     found[key] = value
         else:
             self._misses += len(pending)
+        if self._latency is not None and wanted:
+            tier = "l2" if pending and l2 is not None else "l1"
+            self._latency.observe(("get_many", tier), time.perf_counter() - started)
         return found
 
     async def get_or_set(
@@ -545,6 +614,7 @@ class CacheHierarchy:
             stale = self._fail_safe(key)
             if stale is not MISSING:
                 return stale
+            self._unavailable_misses += 1
         self._misses += 1
         try:
             produced = factory()
@@ -569,7 +639,13 @@ class CacheHierarchy:
         ttl or value. Never raises because L2 is unavailable.
         """
         full = self._full_key(key)
-        await self._write(key, full, value, self._resolve_ttl(ttl))
+        ttl_seconds = self._resolve_ttl(ttl)
+        started = time.perf_counter()
+        await self._write(key, full, value, ttl_seconds)
+        if self._latency is not None:
+            self._latency.observe(
+                ("set", "l1" if self._l2 is None else "l2"), time.perf_counter() - started
+            )
 
     async def _write(self, key: str, full: bytes, value: Any, ttl_seconds: float | None) -> Any:
         self._ensure_open()
@@ -582,6 +658,7 @@ class CacheHierarchy:
             try:
                 await l2.call(l2.backend.set, full, encoded.blob, _ttl_ms(ttl_seconds))
             except L2Unavailable as exc:
+                self._set_failures += 1
                 self._keep_for_replay(
                     exc, PendingWrite(full, key, encoded.blob, version, expires_at)
                 )
@@ -635,12 +712,14 @@ class CacheHierarchy:
         self._ensure_open()
         generations = [self._generation(key) for key, _, _ in items]
         l2 = self._l2
+        started = time.perf_counter()
         if l2 is not None:
             try:
                 await l2.call(
                     l2.backend.set_many, [(full, enc.blob, ttl_ms) for _, full, enc in items]
                 )
             except L2Unavailable as exc:
+                self._set_failures += len(items)
                 for (key, full, enc), version in zip(items, versions, strict=True):
                     self._keep_for_replay(
                         exc, PendingWrite(full, key, enc.blob, version, expires_at)
@@ -664,19 +743,27 @@ class CacheHierarchy:
         for (key, _, encoded), untouched in zip(items, unchanged, strict=True):
             self._fill(key, untouched, encoded.value, expires_at, len(encoded.blob))
         self._sets += len(items)
+        if self._latency is not None:
+            self._latency.observe(
+                ("set_many", "l1" if l2 is None else "l2"), time.perf_counter() - started
+            )
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` from both tiers; True if it existed in either."""
-        return await self.delete_many([key]) == 1
+        return await self._delete_many([key], "delete") == 1
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Remove ``keys`` from both tiers in one L2 round trip; returns how
         many existed in either tier."""
+        return await self._delete_many(keys, "delete_many")
+
+    async def _delete_many(self, keys: Iterable[str], operation: str) -> int:
         wanted = list(dict.fromkeys(keys))
         fulls = [self._full_key(k) for k in wanted]
         if not wanted:
             return 0
         self._ensure_open()
+        started = time.perf_counter()
         in_l2 = [False] * len(wanted)
         l2 = self._l2
         if l2 is not None:
@@ -690,6 +777,7 @@ class CacheHierarchy:
             try:
                 in_l2 = await l2.call(l2.backend.delete_many, fulls)
             except L2Unavailable as exc:
+                self._delete_failures += len(wanted)
                 for key, full in zip(wanted, fulls, strict=True):
                     self._keep_for_replay(
                         exc, PendingWrite(full, key, None, self._next_version(), None)
@@ -707,6 +795,10 @@ class CacheHierarchy:
             in_l1 = l1.delete(key) if l1 is not None else False
             removed += existed or in_l1
         self._deletes += len(wanted)
+        if self._latency is not None:
+            self._latency.observe(
+                (operation, "l1" if l2 is None else "l2"), time.perf_counter() - started
+            )
         return removed
 
     async def clear(self) -> None:
@@ -933,6 +1025,55 @@ class CacheHierarchy:
                 self._invalidator.stats() if self._invalidator is not None else {"enabled": False}
             ),
         }
+
+    def metric_sample(self) -> HierarchySample | None:
+        """This hierarchy's numbers for the Prometheus collector (read at
+        scrape time, from the scraping thread); None once shut down or with
+        ``metrics=False``."""
+        if self._closed or self._latency is None:
+            return None
+        l2 = self._l2
+        write_tier = "l1" if l2 is None else "l2"
+        misses = self._misses - self._unavailable_misses
+        requests = {
+            ("get", "l1", "hit"): self._l1_hits,
+            ("get", "l1", "stale"): self._stale_served,
+            ("get", write_tier, "miss"): misses,
+            ("get", "l2", "hit"): self._l2_hits,
+            ("get", "l2", "error"): self._unavailable_misses,
+            ("set", write_tier, "ok"): self._sets - self._set_failures,
+            ("set", "l2", "error"): self._set_failures,
+            ("delete", write_tier, "ok"): self._deletes - self._delete_failures,
+            ("delete", "l2", "error"): self._delete_failures,
+        }
+        sample = HierarchySample(
+            namespace=self.config.namespace,
+            requests=requests,
+            latency=list(self._latency.snapshot()),
+            l1=self._l1.stats() if self._l1 is not None else None,
+            l1_trusted=self._l1_read is not None,
+            loads=self._flight.started,
+            corrupt_values=self._corrupt,
+        )
+        if l2 is not None:
+            sample.l2_errors = dict(l2.errors)
+            sample.l2_retries = l2.retried
+            sample.l2_up = l2.circuit_state == "closed" and not l2.unhealthy
+            sample.l2_in_flight = l2.limiter.in_use
+            sample.l2_waiting = l2.limiter.waiting
+            sample.circuit_state = l2.circuit_state
+            sample.circuit_opens = l2.breaker.opens
+            sample.recovery_depth = len(self._recovery)
+            sample.recovery_overflowed = self._recovery.overflowed
+            sample.recovery_replayed = self._replayed
+            if self._invalidator is not None:
+                stats = self._invalidator.stats()
+                sample.invalidation = {
+                    "sent": int(stats["published_keys"]),
+                    "received": int(stats["received_keys"]),
+                    "gaps": int(stats["gaps"]),
+                }
+        return sample
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[list[str]]:
         """Batches of this namespace's keys: L2's (by SCAN) when there is an L2,

@@ -114,6 +114,11 @@ class GuardedL2:
     def circuit_state(self) -> str:
         return self.breaker.state.value
 
+    @property
+    def unhealthy(self) -> bool:
+        """True when the latest L2 call failed (until one succeeds)."""
+        return self._unhealthy
+
     async def call(self, op: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``op(*args)`` within ``timeout``; raise :class:`L2Unavailable` on failure."""
         breaker = self.breaker

@@ -770,7 +770,7 @@ async def test_a_refused_record_counts_in_migration_errors_total(redis_url: str)
     async with manager(redis_url, redis_url, MODES["dual_write"], registry=registry) as mm:
         await raw_record(redis_url, INVALID_RECORDS["percent_150"], publish=True)
         await wait_until(lambda: mm.status()["fleet"]["rejected"] >= 1, WITHIN)
-        assert (registry.get_sample_value("migration_errors_total") or 0) >= 1
+        assert (registry.get_sample_value("resync_cache_migration_errors_total") or 0) >= 1
 
 
 @pytest.mark.parametrize("how", ["invalid_record", "record_deleted"])
@@ -797,7 +797,7 @@ async def test_a_valid_change_after_a_broken_record_is_applied(redis_url: str, h
 def _migration_samples(registry: CollectorRegistry) -> dict[str, float]:
     samples: dict[str, float] = {}
     for family in registry.collect():
-        if not family.name.startswith("migration_"):
+        if not family.name.startswith("resync_cache_migration_"):
             continue
         for sample in family.samples:
             if sample.name.endswith("_created"):
@@ -824,18 +824,19 @@ async def test_metrics_move_when_enabled(redis_url: str) -> None:
     registry = CollectorRegistry()
     flags = MigrationFlags(use_new_cache=True, rollout_percent=100, enable_metrics=True)
     async with manager(redis_url, redis_url, flags, registry=registry) as mm:
-        assert registry.get_sample_value("migration_mode", {"mode": "read_new"}) == 1
-        assert registry.get_sample_value("migration_rollout_percent") == 100
+        assert registry.get_sample_value("resync_cache_migration_mode", {"mode": "read_new"}) == 1
+        assert registry.get_sample_value("resync_cache_migration_rollout_percent") == 100
         shadow = MigrationFlags(dual_write=True, shadow_read_percent=100, enable_metrics=True)
         await _exercise(mm, redis_url, shadow)
         value = registry.get_sample_value
-        assert value("migration_fallbacks_total") == 1
-        assert value("migration_legacy_hits_total") == 2  # the fallback + the shadowed read
-        assert value("migration_new_hits_total") == 2
-        assert value("migration_mismatches_total") == 1
-        assert value("migration_flag_changes_total") == 1
-        assert value("migration_mode", {"mode": "dual_write"}) == 1
-        assert value("migration_mode", {"mode": "read_new"}) == 0
+        assert value("resync_cache_migration_fallbacks_total") == 1
+        # legacy answered the fallback and the shadowed read
+        assert value("resync_cache_migration_reads_total", {"source": "legacy"}) == 2
+        assert value("resync_cache_migration_reads_total", {"source": "new"}) == 2
+        assert value("resync_cache_migration_mismatches_total") == 1
+        assert value("resync_cache_migration_flag_changes_total") == 1
+        assert value("resync_cache_migration_mode", {"mode": "dual_write"}) == 1
+        assert value("resync_cache_migration_mode", {"mode": "read_new"}) == 0
 
 
 async def test_metrics_stay_at_zero_when_disabled(
