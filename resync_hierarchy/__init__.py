@@ -23,6 +23,7 @@ from resync_hierarchy.errors import (
 )
 from resync_hierarchy.hierarchy import CacheHierarchy
 from resync_hierarchy.migration import MigrationFlags, MigrationManager
+from resync_hierarchy.observe.metrics import serve_http as start_metrics_server
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,5 @@ __all__ = [
     "SerializationError",
     "ValueTooLargeError",
     "__version__",
+    "start_metrics_server",
 ]

@@ -1,10 +1,11 @@
 """The ``resync-hierarchy`` command line.
 
 Subcommands: ``bench`` (the load scenario), ``health`` (a probe: exit 0 ok,
-1 degraded, 2 down) and ``stats``. ``--json`` makes any of them print one
-JSON document; ``--redis-url`` (or ``$REDIS_URL``) and ``--namespace``
-select the cache. Caller mistakes (a bad URL, a bad option) print one line
-on stderr and exit with status 64.
+1 degraded, 2 down), ``stats``, ``migrate`` and ``serve-metrics`` (a
+Prometheus endpoint). ``--json`` makes any of them print one JSON document;
+``--redis-url`` (or ``$REDIS_URL``) and ``--namespace`` select the cache.
+Caller mistakes (a bad URL, a bad option) print one line on stderr and exit
+with status 64.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from resync_hierarchy import __version__
-from resync_hierarchy.cli import bench, inspect_cmds, migrate
+from resync_hierarchy.cli import bench, inspect_cmds, migrate, serve_metrics
 from resync_hierarchy.cli._common import add_common_arguments
 from resync_hierarchy.errors import CacheError
 from resync_hierarchy.observe.logging import configure_cli_logging
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
             "check the cache; exit 0 ok, 1 degraded, 2 down",
             inspect_cmds.add_health_arguments,
             inspect_cmds.health,
+        ),
+        (
+            "serve-metrics",
+            "serve /metrics (Prometheus) for the cache, probing its health every few seconds",
+            serve_metrics.add_arguments,
+            serve_metrics.run,
         ),
         (
             "migrate",

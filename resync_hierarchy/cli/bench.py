@@ -69,6 +69,7 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Literal, Protocol
 
 from resync_hierarchy.errors import BackendUnavailableError, ConfigurationError
+from resync_hierarchy.observe.metrics import serve_http
 
 __all__ = [
     "EMBEDDED_DESCRIPTION",
@@ -279,6 +280,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not clear the bench namespace before and after the run",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve this process's Prometheus metrics on port N while the bench runs",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -927,6 +941,18 @@ def build_cache(url: str | None, namespace: str, options: BenchOptions) -> tuple
     return cache, EMBEDDED_DESCRIPTION, True
 
 
+def _serve_metrics(port: int, addr: str) -> None:
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"--metrics-port must be 1-65535, got {port}")
+    try:
+        serve_http(port, addr=addr)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; "
+            "choose a free --metrics-port"
+        ) from exc
+
+
 async def run(args: argparse.Namespace) -> int:
     """``resync-hierarchy bench``: 0 if every SLA check passed, 1 otherwise."""
     options = options_from_args(args)
@@ -935,6 +961,9 @@ async def run(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     show_progress = not as_json and not getattr(args, "no_progress", False) and sys.stderr.isatty()
     cache, backend, embedded = build_cache(url, namespace, options)
+    metrics_port = getattr(args, "metrics_port", None)
+    if metrics_port is not None:
+        _serve_metrics(metrics_port, getattr(args, "metrics_addr", "127.0.0.1"))
     if not as_json:
         print(f"bench: running on {backend} for {options.duration:g}s", file=sys.stderr)
     async with cache:

@@ -187,6 +187,7 @@ class CacheHierarchy:
         self._unavailable_misses = 0  # misses because L2 did not answer (and nothing stale)
         self._set_failures = 0  # writes that reached L1 but not L2 (kept for replay)
         self._delete_failures = 0
+        self._last_ping_seconds: float | None = None  # from the latest health()
         self._latency: LatencyRecorder | None = None
         self._l1_timing_countdown = _NEVER
         if config.metrics:
@@ -1066,6 +1067,7 @@ class CacheHierarchy:
             sample.recovery_depth = len(self._recovery)
             sample.recovery_overflowed = self._recovery.overflowed
             sample.recovery_replayed = self._replayed
+            sample.l2_ping_seconds = self._last_ping_seconds
             if self._invalidator is not None:
                 stats = self._invalidator.stats()
                 sample.invalidation = {
@@ -1177,10 +1179,12 @@ class CacheHierarchy:
         try:
             await l2.call(l2.backend.ping)
         except L2Unavailable as exc:
+            self._last_ping_seconds = None
             l2_info.update(status="down", error=exc.kind, last_error=l2.last_error)
             status = "degraded" if self._l1 is not None else "down"
         else:
-            l2_info.update(status="ok", ping_ms=round((time.perf_counter() - started) * 1000, 3))
+            self._last_ping_seconds = time.perf_counter() - started
+            l2_info.update(status="ok", ping_ms=round(self._last_ping_seconds * 1000, 3))
             status = "ok"
         return {"status": status, "l1": l1_info, "l2": l2_info}
 

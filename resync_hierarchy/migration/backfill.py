@@ -81,8 +81,12 @@ async def backfill(
     rate: float | None = None,
     restart: bool = False,
     progress: Progress | None = None,
+    progress_every: float = 5.0,
 ) -> BackfillReport:
-    """Copy every legacy key into new unless new holds a newer version."""
+    """Copy every legacy key into new unless new holds a newer version.
+
+    Logs ``backfill_progress`` at most every ``progress_every`` seconds (and
+    ``backfill_finished`` at the end); ``progress`` is called after each batch."""
     if batch < 1:
         raise ConfigurationError(f"batch must be >= 1, got {batch}")
     if rate is not None and not rate > 0:
@@ -90,6 +94,7 @@ async def backfill(
     source, target = _l2_of(legacy, "legacy"), _l2_of(new, "new")
     report = BackfillReport()
     started = time.monotonic()
+    last_logged = started
     checkpoint = checkpoint_key(legacy, new)
     cursor = 0
     if not restart:
@@ -154,6 +159,16 @@ async def backfill(
         await target.call(target.backend.set, checkpoint, str(cursor).encode(), None)
         if progress is not None:
             progress(report.scanned, report.copied)
+        if time.monotonic() - last_logged >= progress_every:
+            last_logged = time.monotonic()
+            _log.info(
+                "backfill_progress",
+                scanned=report.scanned,
+                copied=report.copied,
+                skipped_newer=report.skipped_newer,
+                seconds=round(last_logged - started, 3),
+                keys_per_second=round(report.scanned / max(last_logged - started, 1e-9), 1),
+            )
         if rate is not None:
             ahead = report.scanned / rate - (time.monotonic() - started)
             if ahead > 0:

@@ -102,6 +102,7 @@ class HierarchySample:
     recovery_depth: int = 0
     recovery_overflowed: int = 0
     recovery_replayed: int = 0
+    l2_ping_seconds: float | None = None  # PING round trip of the latest health()
     invalidation: dict[str, int] | None = field(default=None)
 
 
@@ -224,6 +225,11 @@ def _hierarchy_metrics(samples: list[HierarchySample]) -> Iterator[Metric]:
         "1 when the circuit is closed and the latest L2 call succeeded",
         labels=ns,
     )
+    ping = GaugeMetricFamily(
+        "resync_cache_l2_ping_seconds",
+        "PING round trip to L2 measured by the latest health() call",
+        labels=ns,
+    )
     in_flight = GaugeMetricFamily("resync_cache_l2_in_flight", "L2 commands in flight", labels=ns)
     waiting = GaugeMetricFamily(
         "resync_cache_l2_waiting", "Callers queued for an L2 connection", labels=ns
@@ -309,6 +315,9 @@ def _hierarchy_metrics(samples: list[HierarchySample]) -> Iterator[Metric]:
             l2_errors.add_metric([namespace, kind], kinds[kind])
         l2_retries.add_metric([namespace], sum(s.l2_retries for s in with_l2))
         l2_up.add_metric([namespace], min(int(s.l2_up) for s in with_l2))
+        pings = [s.l2_ping_seconds for s in with_l2 if s.l2_ping_seconds is not None]
+        if pings:
+            ping.add_metric([namespace], max(pings))
         in_flight.add_metric([namespace], sum(s.l2_in_flight for s in with_l2))
         waiting.add_metric([namespace], sum(s.l2_waiting for s in with_l2))
         states = Counter(s.circuit_state for s in with_l2)
@@ -327,7 +336,7 @@ def _hierarchy_metrics(samples: list[HierarchySample]) -> Iterator[Metric]:
     yield requests
     yield latency
     yield from l1_gauges.values()
-    yield from (evictions, trusted, loads, corrupt, l2_errors, l2_retries, l2_up)
+    yield from (evictions, trusted, loads, corrupt, l2_errors, l2_retries, l2_up, ping)
     yield from (in_flight, waiting, circuit, opens, depth, overflowed, replayed)
     yield from (sent, received, gaps)
 
@@ -409,5 +418,7 @@ def exposition(registry: CollectorRegistry | None = None) -> bytes:
 def serve_http(
     port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
 ) -> None:
-    """Serve ``/metrics`` of ``registry`` on ``addr:port`` from a daemon thread."""
+    """Serve ``/metrics`` of ``registry`` (the default one if None) on
+    ``addr:port`` from a daemon thread, for a process that has no metrics
+    endpoint of its own. Raises OSError if the port cannot be bound."""
     start_http_server(port, addr=addr, registry=REGISTRY if registry is None else registry)
