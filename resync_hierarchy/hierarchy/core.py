@@ -1142,7 +1142,12 @@ class CacheHierarchy:
             }
 
     async def _health(self) -> dict[str, Any]:
-        l1_info: dict[str, Any] = {"enabled": self._l1 is not None}
+        l1_info: dict[str, Any] = {
+            "enabled": self._l1 is not None,
+            "status": "disabled" if self._l1 is None else "closed" if self._closed else "ok",
+            # False while L1 may have missed invalidations: reads then go to L2.
+            "trusted": self._l1_read is not None,
+        }
         if self._l1 is not None:
             stats = self._l1.stats()
             l1_info.update(stats)

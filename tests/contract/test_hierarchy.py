@@ -497,6 +497,10 @@ async def test_health_ok(backend: Backend) -> None:
     assert report["l2"]["status"] == "ok"
     assert report["l2"]["ping_ms"] >= 0
     assert report["l1"]["enabled"] is True
+    assert report["l1"]["status"] == "ok"
+    assert report["l2"]["circuit_state"] == "closed"
+    assert report["l2"]["recovery_pending"] == 0
+    assert 0 <= report["l1"]["fill_ratio"] <= 1
 
 
 async def test_l1_off_serves_everything_from_l2(backend: Backend) -> None:

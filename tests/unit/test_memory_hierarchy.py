@@ -39,6 +39,7 @@ async def test_every_operation(cache: CacheHierarchy) -> None:
         assert health["status"] == "ok"
         assert health["l2"]["status"] == "disabled"
         assert health["l1"]["fill_ratio"] == 0
+        assert health["l1"]["status"] == "ok"
 
 
 async def test_ttl_expires_without_sleeping() -> None:
