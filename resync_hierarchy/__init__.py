@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from resync_hierarchy._types import MISSING
 from resync_hierarchy.config import HierarchyConfig
+from resync_hierarchy.decorator import CachedFunction, cached
 from resync_hierarchy.errors import (
     BackendUnavailableError,
     CacheClosedError,
@@ -19,8 +20,10 @@ from resync_hierarchy.errors import (
     InvalidKeyError,
     InvalidTTLError,
     SerializationError,
+    UnkeyableArgumentError,
     ValueTooLargeError,
 )
+from resync_hierarchy.health import health_response
 from resync_hierarchy.hierarchy import CacheHierarchy
 from resync_hierarchy.migration import MigrationFlags, MigrationManager
 from resync_hierarchy.observe.metrics import serve_http as start_metrics_server
@@ -33,6 +36,7 @@ __all__ = [
     "CacheClosedError",
     "CacheError",
     "CacheHierarchy",
+    "CachedFunction",
     "ConfigurationError",
     "HierarchyConfig",
     "InvalidKeyError",
@@ -40,7 +44,10 @@ __all__ = [
     "MigrationFlags",
     "MigrationManager",
     "SerializationError",
+    "UnkeyableArgumentError",
     "ValueTooLargeError",
     "__version__",
+    "cached",
+    "health_response",
     "start_metrics_server",
 ]

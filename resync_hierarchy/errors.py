@@ -12,7 +12,8 @@ reaches the caller of a cache operation: it is absorbed, counted and logged.
     ├── InvalidTTLError             ttl not a positive number of seconds
     ├── ConfigurationError          bad config field, bad URL, unknown scheme
     ├── CacheClosedError            operation on a cache after shutdown()
-    └── BackendUnavailableError     an optional backend package is missing
+    ├── BackendUnavailableError     an optional backend package is missing
+    └── UnkeyableArgumentError      a @cached function's argument cannot form a stable key
 
 Every message says what was wrong and what to do about it. An operation that
 raises changes nothing in either tier.
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidTTLError",
     "SerializationError",
+    "UnkeyableArgumentError",
     "ValueTooLargeError",
 ]
 
@@ -62,3 +64,9 @@ class InvalidTTLError(CacheError, ValueError):
 
 class CacheClosedError(CacheError, RuntimeError):
     """The cache was shut down; build or start a new one."""
+
+
+class UnkeyableArgumentError(CacheError, TypeError):
+    """An argument of a ``@cached`` function cannot form a stable cache key
+    (a lambda, an open file, an object known only by its identity), or the
+    arguments do not match the function's signature."""
