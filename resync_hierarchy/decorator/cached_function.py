@@ -547,8 +547,8 @@ def blake2b_hex(data: bytes) -> str:
 
 
 _EXACT_TEMPLATE = """
-def make(__rh_memo, __rh_typed, __rh_type, __rh_build, __rh_get, __rh_fill, __rh_cache,
-         __rh_current, __rh_missing, {defaults}):
+def make(__rh_memo, __rh_typed, __rh_type, __rh_build, __rh_get, __rh_local, __rh_fill,
+         __rh_cache, __rh_current, __rh_missing, {defaults}):
     async def {name}({parameters}):
         {resolve}
         __rh_values = ({keyed})
@@ -558,6 +558,7 @@ def make(__rh_memo, __rh_typed, __rh_type, __rh_build, __rh_get, __rh_fill, __rh
             __rh_key = None
         if __rh_key is None:  # not remembered (no KeyError: raising one costs more)
             __rh_key = __rh_build(__rh_values)
+        {local_hit}
         __rh_value = await __rh_get(__rh_key, __rh_missing)
         if __rh_value is not __rh_missing:
             return __rh_value
@@ -599,6 +600,9 @@ def _exact_wrapper(state: _Cached[Any, Any]) -> Callable[..., Coroutine[Any, Any
         ):
             rendered.append("/")
     keyed = "".join(f"{name}, " for name, _ in state.encoders)
+    fixed = state.fixed
+    # A fixed CacheHierarchy answers an L1 hit without a coroutine of its own.
+    local = fixed.get_local if isinstance(fixed, CacheHierarchy) else None
     source = _EXACT_TEMPLATE.format(
         name="__rh_cached",
         defaults="".join(f"{name}, " for name in defaults),
@@ -609,19 +613,26 @@ def _exact_wrapper(state: _Cached[Any, Any]) -> Callable[..., Coroutine[Any, Any
             else "pass"
         ),
         keyed=keyed,
+        local_hit=(
+            "__rh_value = __rh_local(__rh_key, __rh_missing)\n"
+            "        if __rh_value is not __rh_missing:\n"
+            "            return __rh_value"
+            if local is not None
+            else "pass"
+        ),
         kinds="".join(f"__rh_type({name}), " for name, _ in state.encoders),
         positional="".join(f"{p.name}, " for p in parameters if p.kind is not p.KEYWORD_ONLY),
         keywords=", ".join(f"{p.name!r}: {p.name}" for p in parameters if p.kind is p.KEYWORD_ONLY),
     )
     scope: dict[str, Any] = {}
     exec(compile(source, f"<@cached {state.qualified}>", "exec"), scope)  # noqa: S102
-    fixed = state.fixed
     made: Callable[..., Coroutine[Any, Any, Any]] = scope["make"](
         state.memo_values.get,
         state.memo_typed.get,
         type,
         state.key_from_values,
         fixed.get if fixed is not None else None,
+        local,
         state.fill,
         fixed,
         state.current,

@@ -316,6 +316,19 @@ class CacheHierarchy:
                 return await self._timed_get(l1, key, default)
         return await self._get_through(key, default)
 
+    def get_local(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` if this process's L1 holds it (and L1 is
+        trusted), else ``default``: no await, never L2. A hit counts as an L1
+        hit; a miss is not counted, since the caller goes on to :meth:`get`.
+        For hot paths that can answer without suspending (``@cached`` does)."""
+        l1 = self._l1_read
+        if l1 is not None and type(key) is str:
+            value = l1.get(key)
+            if value is not MISSING:
+                self._l1_hits += 1
+                return value
+        return default
+
     async def _timed_get(self, l1: L1Store, key: str, default: Any) -> Any:
         self._l1_timing_countdown = _L1_TIMING_EVERY - 1
         started = time.perf_counter()

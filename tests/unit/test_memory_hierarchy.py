@@ -161,3 +161,17 @@ async def test_overlapping_writes_of_one_key_never_leave_the_overwritten_value_i
     assert cache.get_stats()["write_races"] == 1
     await cache.shutdown()
     await reader.shutdown()
+
+
+async def test_get_local_answers_from_l1_only_without_awaiting() -> None:
+    cache = CacheHierarchy(HierarchyConfig(namespace="local"))
+    await cache.set("k", {"v": 1})
+    assert cache.get_local("k") == {"v": 1}
+    assert cache.get_local("absent") is None
+    assert cache.get_local("absent", "dflt") == "dflt"
+    assert cache.get_local(42, "dflt") == "dflt"  # type: ignore[arg-type]  # not a str: no lookup
+    stats = cache.get_stats()
+    assert (stats["l1_hits"], stats["misses"]) == (1, 0)  # misses are get()'s to count
+    off = CacheHierarchy(HierarchyConfig(namespace="local-off", l1_max_entries=0))
+    await off.set("k", 1)
+    assert off.get_local("k", "dflt") == "dflt"
