@@ -1192,7 +1192,13 @@ class CacheHierarchy:
             "circuit_state": l2.circuit_state,
             "recovery_pending": len(self._recovery),
             "recovery_overflowed": self._recovery.overflowed,
+            "errors_by_kind": dict(l2.errors),
         }
+        if l2.last_error is not None and l2.last_error_at is not None:
+            # An error Redis answered with (noperm, oom) leaves PING working:
+            # the latest error is shown even while the status is ok.
+            l2_info["last_error"] = l2.last_error
+            l2_info["last_error_seconds_ago"] = round(time.monotonic() - l2.last_error_at, 3)
         started = time.perf_counter()
         try:
             await l2.call(l2.backend.ping)

@@ -145,3 +145,24 @@ async def test_an_outage_shows_in_errors_circuit_up_and_recovery(fresh_redis: Re
         assert value(registry, "resync_cache_recovery_replayed_total", namespace="o") == 2
         text = generate_latest(registry).decode()
         assert "never-written" not in text and "during" not in text
+
+
+async def test_health_shows_an_error_redis_answered_while_ping_works(
+    fresh_redis: RedisServer,
+) -> None:
+    from support.redis_server import send_command
+
+    send_command(fresh_redis.port, "CONFIG", "SET", "maxmemory", "1mb")
+    send_command(fresh_redis.port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+    cache = CacheHierarchy.from_url(
+        fresh_redis.url, namespace="oom", registry=CollectorRegistry(), invalidation=False
+    )
+    async with cache:
+        assert "last_error" not in (await cache.health())["l2"]
+        await cache.set("big", "x" * 900_000, ttl=60)  # fills the 1 MB
+        await cache.set("more", "y" * 900_000, ttl=60)  # refused: OOM
+        report = await cache.health()
+    assert report["status"] == "ok"  # Redis answers; writes are refused
+    assert report["l2"]["errors_by_kind"].get("oom", 0) >= 1
+    assert report["l2"]["last_error"].startswith("oom")
+    assert report["l2"]["last_error_seconds_ago"] >= 0
