@@ -10,8 +10,19 @@ Accepted forms::
     redis+cluster://host:port[,host:port…]
 
 Query parameters (``?ssl_ca_certs=/path&client_name=api``) are checked
-against a documented allow-list and handed to redis-py. Passwords never
-appear in ``repr`` or logs: use :func:`redact_url`.
+against a documented allow-list and handed to redis-py:
+
+- TLS (``rediss://``, ``rediss+sentinel://`` only): ``ssl_ca_certs`` (CA
+  bundle that signs the server's certificate; the system store if absent),
+  ``ssl_certfile`` and ``ssl_keyfile`` (a client certificate, for servers with
+  ``tls-auth-clients yes``), ``ssl_cert_reqs`` (``required``, the default,
+  ``optional`` or ``none``), ``ssl_check_hostname`` (``true``, the default).
+- Sentinel: ``sentinel_username`` and ``sentinel_password`` authenticate to
+  the sentinels; the URL's own ``user:password@`` authenticates to the master.
+- Any: ``client_name``; ``db`` for ``unix://``.
+
+Passwords never appear in ``repr`` or logs: use :func:`redact_url` (it also
+masks ``sentinel_password``).
 """
 
 from __future__ import annotations
@@ -23,7 +34,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from resync_hierarchy.errors import ConfigurationError
 
-__all__ = ["ALLOWED_QUERY_PARAMS", "ParsedURL", "parse_url", "redact_url"]
+__all__ = [
+    "ALLOWED_QUERY_PARAMS",
+    "CERT_REQS",
+    "TLS_QUERY_PARAMS",
+    "ParsedURL",
+    "parse_bool",
+    "parse_url",
+    "redact_url",
+]
 
 Kind = Literal["memory", "redis", "unix", "sentinel", "cluster"]
 
@@ -47,8 +66,17 @@ ALLOWED_QUERY_PARAMS = frozenset(
         "ssl_check_hostname",
         "client_name",
         "db",
+        "sentinel_username",
+        "sentinel_password",
     }
 )
+
+TLS_QUERY_PARAMS = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
+_SECRET_QUERY_PARAMS = frozenset({"sentinel_password"})
+CERT_REQS = ("required", "optional", "none")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)$")
 
@@ -69,16 +97,31 @@ class ParsedURL:
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to log)."""
+    """Return ``url`` with any password (in the user part, or a
+    ``sentinel_password`` parameter) replaced by ``***`` (safe to log)."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if password is not None:
+        user = parts.username or ""
+        netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
+    if query and any(name in query for name in _SECRET_QUERY_PARAMS):
+        pieces = []
+        for piece in query.split("&"):
+            name, sep, _value = piece.partition("=")
+            pieces.append(f"{name}=***" if sep and unquote(name) in _SECRET_QUERY_PARAMS else piece)
+        query = "&".join(pieces)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    netloc = f"{user}:***@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_bool(text: str) -> bool | None:
+    """``true``/``1``/``yes`` or ``false``/``0``/``no`` (any case); None otherwise."""
+    return _BOOLEANS.get(text.strip().lower())
 
 
 def _bad(url: str, what: str) -> ConfigurationError:
@@ -130,6 +173,26 @@ def _parse_db(url: str, text: str) -> int:
     return int(text)
 
 
+def _check_query(url: str, query: tuple[tuple[str, str], ...], *, tls: bool, kind: Kind) -> None:
+    seen: set[str] = set()
+    for name, value in query:
+        if name in seen:
+            raise _bad(url, f"query parameter {name!r} is given twice")
+        seen.add(name)
+        if name in TLS_QUERY_PARAMS and not tls:
+            raise _bad(url, f"{name} is a TLS setting: use the rediss:// scheme for TLS")
+        if name.startswith("sentinel_") and kind != "sentinel":
+            raise _bad(url, f"{name} applies to redis+sentinel:// URLs only")
+        if name == "ssl_cert_reqs" and value.lower() not in CERT_REQS:
+            raise _bad(url, f"ssl_cert_reqs={value!r} (allowed: {', '.join(CERT_REQS)})")
+        if name == "ssl_check_hostname" and parse_bool(value) is None:
+            raise _bad(url, f"ssl_check_hostname={value!r} is not true or false")
+        if name in {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"} and not value:
+            raise _bad(url, f"{name} is empty: give the path of a PEM file")
+    if "ssl_keyfile" in seen and "ssl_certfile" not in seen:
+        raise _bad(url, "ssl_keyfile needs ssl_certfile (the client certificate) too")
+
+
 def parse_url(url: str) -> ParsedURL:
     """Validate ``url`` and split it into its parts.
 
@@ -160,6 +223,7 @@ def parse_url(url: str) -> ParsedURL:
             allowed = ", ".join(sorted(ALLOWED_QUERY_PARAMS))
             raise _bad(url, f"unknown query parameter {name!r} (allowed: {allowed})")
     tls = scheme.lower().startswith("rediss")
+    _check_query(url, query, tls=tls, kind=kind)
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     qdb = dict(query).get("db")

@@ -44,6 +44,11 @@ max_key_bytes             1024            UTF-8 bytes of a key
 max_value_bytes           1 MiB           bytes of an encoded value
 signing_key               None            secret; values carry an HMAC-SHA256
 metrics                   True            False: no Prometheus metrics are recorded
+cluster_multikey          ``"split"``     Redis Cluster only: ``"split"`` spreads a
+                                          namespace over every shard (multi-key calls
+                                          run one pipeline per node, concurrently);
+                                          ``"hashtag"`` puts a whole namespace on one
+                                          slot (one round trip, no sharding of it)
 ========================  ==============  ==========================================
 """
 
@@ -93,6 +98,7 @@ class HierarchyConfig:
     max_value_bytes: int = 1024 * 1024
     signing_key: str | bytes | None = field(default=None, repr=False)
     metrics: bool = True
+    cluster_multikey: str = "split"
     parsed_url: ParsedURL = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +140,12 @@ class HierarchyConfig:
         _check_positive_number(self, "invalidation_ping_interval")
         if not isinstance(self.metrics, bool):
             raise ConfigurationError(f"metrics must be True or False, got {self.metrics!r}")
+        if self.cluster_multikey not in ("split", "hashtag"):
+            raise ConfigurationError(
+                f"cluster_multikey must be 'split' or 'hashtag', got {self.cluster_multikey!r}; "
+                "'split' (default) shards a namespace over the cluster, 'hashtag' keeps it on "
+                "one slot"
+            )
         _check_int(self, "max_key_bytes", minimum=1)
         _check_int(self, "max_value_bytes", minimum=64)
         key = self.signing_key

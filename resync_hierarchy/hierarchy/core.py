@@ -1328,6 +1328,16 @@ def _ttl_ms(ttl_seconds: float | None) -> int | None:
 def _backend_for(config: HierarchyConfig) -> L2Backend | None:
     if config.parsed_url.kind == "memory":
         return None
+    if config.parsed_url.kind == "cluster":
+        from resync_hierarchy.l2.cluster import ClusterL2
+
+        return ClusterL2.from_parsed_url(
+            config.parsed_url,
+            config.url,
+            timeout=config.l2_timeout,
+            max_connections=config.l2_max_connections,
+            multikey=config.cluster_multikey,
+        )
     from resync_hierarchy.l2.redis import RedisL2
 
     return RedisL2.from_parsed_url(

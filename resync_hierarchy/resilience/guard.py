@@ -47,9 +47,12 @@ _log = get_logger("resync_hierarchy.l2")
 
 _LOG_EVERY_SECONDS = 5.0
 
-BREAKER_KINDS = frozenset({"connection", "timeout", "busy", "readonly", "other"})
+BREAKER_KINDS = frozenset({"connection", "timeout", "busy", "readonly", "tls", "auth", "other"})
 """Failures that say L2 is unreachable or unusable: they count for the breaker.
-An OOM, a permission error or an error reply mean Redis is up and answering."""
+An OOM, a permission error (``noperm``) or an error reply mean Redis is up and
+answering. A refused TLS handshake (``tls``) or password (``auth``) leaves no
+usable connection: they open the circuit, so a misconfigured fleet does not
+hammer Redis with handshakes, but they are never retried (see RETRYABLE_KINDS)."""
 
 UNAVAILABLE_KINDS = BREAKER_KINDS | {"circuit_open"}
 """Failures after which a write is kept for replay."""

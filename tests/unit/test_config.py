@@ -149,6 +149,11 @@ def test_from_env_rejects_bad_numbers() -> None:
         HierarchyConfig.from_env({"RESYNC_CACHE_L1_SHARDS": "6"})
 
 
-def test_unsupported_topologies_fail_at_construction_with_a_clear_message() -> None:
-    with pytest.raises(ConfigurationError, match="not supported by this release"):
-        CacheHierarchy.from_url("redis+cluster://127.0.0.1:7000")
+def test_cluster_urls_build_a_cluster_backend_without_connecting() -> None:
+    from resync_hierarchy.l2.cluster import ClusterL2
+
+    cache = CacheHierarchy.from_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert cache._l2 is not None
+    assert isinstance(cache._l2.backend, ClusterL2)
+    with pytest.raises(ConfigurationError, match="only database 0"):
+        CacheHierarchy.from_url("redis+cluster://127.0.0.1:7000/3")
