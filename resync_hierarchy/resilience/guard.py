@@ -133,6 +133,12 @@ class GuardedL2:
         try:
             await limiter.acquire()
             try:
+                if breaker.state is not BreakerState.CLOSED:
+                    # Opened while this call queued: it must not add to the storm.
+                    self.short_circuited += 1
+                    raise L2Unavailable(
+                        "circuit_open", f"circuit {breaker.state.value}: L2 not called"
+                    )
                 result = await op(*args, **kwargs)
             finally:
                 limiter.release()

@@ -409,3 +409,21 @@ async def test_a_retry_backing_off_is_not_sent_once_the_circuit_opened(
     assert await first == "d"
     assert backend.calls["get"] == 1  # the retry was never sent
     await cache.shutdown()
+
+
+async def test_calls_queued_for_a_connection_are_not_sent_once_the_circuit_opened(
+    server: fakeredis.FakeServer,
+) -> None:
+    cache, backend = build(server, l2_max_connections=1, breaker_failure_threshold=1)
+    assert cache._l2 is not None
+    limiter = cache._l2.limiter
+    await limiter.acquire()  # the only connection is busy
+    queued = [asyncio.create_task(cache.get(f"k{n}", "d")) for n in range(5)]
+    await asyncio.sleep(0.01)
+    assert limiter.waiting == 5
+    cache._l2.breaker.record_failure("another call failed")  # the circuit opens
+    limiter.release()
+    assert await asyncio.gather(*queued) == ["d"] * 5
+    assert backend.calls["get"] == 0  # none of them reached Redis
+    assert cache.get_stats()["l2_short_circuited"] == 5
+    await cache.shutdown()
