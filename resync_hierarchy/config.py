@@ -20,6 +20,9 @@ l1_ttl                    None            cap on an entry's life in L1 (seconds)
 l1_shards                 16              lock stripes (a power of two)
 l1_sweep_interval         1.0             seconds between background sweeps of
                                           expired L1 entries (0 = no sweeper)
+l1_policy                 ``"tinylfu"``   L1 eviction/admission: ``"tinylfu"``
+                                          (W-TinyLFU: frequency-based admission,
+                                          scan resistant) or ``"lru"``
 l2_timeout                0.5             seconds: the most one L2 operation may
                                           take, queueing for a connection included
 l2_max_connections        64              L2 commands in flight at once (and the
@@ -44,6 +47,10 @@ max_key_bytes             1024            UTF-8 bytes of a key
 max_value_bytes           1 MiB           bytes of an encoded value
 signing_key               None            secret; values carry an HMAC-SHA256
 metrics                   True            False: no Prometheus metrics are recorded
+hot_keys_snapshot         None            file path: at shutdown the most used L1 keys
+                                          are written there; at start they are read
+                                          back from L2 into L1
+hot_keys_max              1000            most keys in that snapshot
 cluster_multikey          ``"split"``     Redis Cluster only: ``"split"`` spreads a
                                           namespace over every shard (multi-key calls
                                           run one pipeline per node, concurrently);
@@ -83,6 +90,7 @@ class HierarchyConfig:
     l1_ttl: float | None = None
     l1_shards: int = 16
     l1_sweep_interval: float = 1.0
+    l1_policy: str = "tinylfu"
     l2_timeout: float = 0.5
     l2_max_connections: int = 64
     l2_retries: int = 2
@@ -98,6 +106,8 @@ class HierarchyConfig:
     max_value_bytes: int = 1024 * 1024
     signing_key: str | bytes | None = field(default=None, repr=False)
     metrics: bool = True
+    hot_keys_snapshot: str | None = None
+    hot_keys_max: int = 1000
     cluster_multikey: str = "split"
     parsed_url: ParsedURL = field(init=False, repr=False, compare=False)
 
@@ -124,6 +134,11 @@ class HierarchyConfig:
         if self.l1_shards > 1024:
             raise ConfigurationError(f"l1_shards must be at most 1024, got {self.l1_shards}")
         _check_number(self, "l1_sweep_interval", minimum=0.0)
+        if self.l1_policy not in ("tinylfu", "lru"):
+            raise ConfigurationError(
+                f"l1_policy must be 'tinylfu' or 'lru', got {self.l1_policy!r}; 'tinylfu' "
+                "(default) admits by frequency and resists scans, 'lru' is plain LRU"
+            )
         _check_positive_number(self, "l2_timeout")
         _check_int(self, "l2_max_connections", minimum=1)
         _check_int(self, "l2_retries", minimum=0)
@@ -140,6 +155,13 @@ class HierarchyConfig:
         _check_positive_number(self, "invalidation_ping_interval")
         if not isinstance(self.metrics, bool):
             raise ConfigurationError(f"metrics must be True or False, got {self.metrics!r}")
+        if self.hot_keys_snapshot is not None:
+            _check_str(self, "hot_keys_snapshot")
+            if not self.hot_keys_snapshot:
+                raise ConfigurationError(
+                    "hot_keys_snapshot must be a file path or None, got an empty string"
+                )
+        _check_int(self, "hot_keys_max", minimum=1)
         if self.cluster_multikey not in ("split", "hashtag"):
             raise ConfigurationError(
                 f"cluster_multikey must be 'split' or 'hashtag', got {self.cluster_multikey!r}; "

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # make `support` importable under any --import-mode
@@ -54,6 +55,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             needs_redis = True
         if needs_redis and item.get_closest_marker("redis") is None:
             item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Every test starts with structlog unconfigured. ``capture_logs()`` leaves
+    structlog configured on exit (with its default stdout logger), and ``main()``
+    configures it for the process: either would send later tests' package
+    logs to a place they do not expect (stdout, or a closed capture)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

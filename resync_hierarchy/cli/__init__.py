@@ -1,11 +1,12 @@
 """The ``resync-hierarchy`` command line.
 
 Subcommands: ``bench`` (the load scenario), ``health`` (a probe: exit 0 ok,
-1 degraded, 2 down), ``stats``, ``migrate`` and ``serve-metrics`` (a
-Prometheus endpoint). ``--json`` makes any of them print one JSON document;
-``--redis-url`` (or ``$REDIS_URL``) and ``--namespace`` select the cache.
-Caller mistakes (a bad URL, a bad option) print one line on stderr and exit
-with status 64.
+1 degraded, 2 down), ``stats``, ``migrate``, ``warmup`` (load a dump, another
+Redis or namespace, or a hot-key snapshot's keys), ``dump`` (write a
+namespace as a warm-up file) and ``serve-metrics`` (a Prometheus endpoint).
+``--json`` makes any of them print one JSON document; ``--redis-url`` (or
+``$REDIS_URL``) and ``--namespace`` select the cache. Caller mistakes (a bad
+URL, a bad option) print one line on stderr and exit with status 64.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from resync_hierarchy import __version__
-from resync_hierarchy.cli import bench, inspect_cmds, migrate, serve_metrics
+from resync_hierarchy.cli import bench, inspect_cmds, migrate, serve_metrics, warmup_cmds
 from resync_hierarchy.cli._common import add_common_arguments
 from resync_hierarchy.errors import CacheError
 from resync_hierarchy.observe.logging import configure_cli_logging
@@ -69,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
             "show the namespace's size in L2 and the server's counters",
             inspect_cmds.add_stats_arguments,
             inspect_cmds.stats,
+        ),
+        (
+            "warmup",
+            "fill the cache's Redis from a dump file, another Redis or namespace, or a "
+            "hot-key snapshot (resumable, rate-limited)",
+            warmup_cmds.add_warmup_arguments,
+            warmup_cmds.run_warmup,
+        ),
+        (
+            "dump",
+            "write the namespace as a warm-up file (JSON Lines or msgpack)",
+            warmup_cmds.add_dump_arguments,
+            warmup_cmds.run_dump,
         ),
     ]
     for name, help_text, add_arguments, handler in commands:

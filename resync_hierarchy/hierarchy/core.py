@@ -39,9 +39,10 @@ from resync_hierarchy._types import MISSING, Clock, wall_clock
 from resync_hierarchy.codec import Codec, CorruptValueError
 from resync_hierarchy.config import HierarchyConfig
 from resync_hierarchy.errors import CacheClosedError, InvalidKeyError, InvalidTTLError
+from resync_hierarchy.hierarchy import hot_keys
 from resync_hierarchy.hierarchy.invalidation import Invalidator
 from resync_hierarchy.hierarchy.singleflight import SingleFlight
-from resync_hierarchy.l1 import L1Store
+from resync_hierarchy.l1 import POLICIES, L1Store
 from resync_hierarchy.l2.base import L2Backend
 from resync_hierarchy.observe.latency import LatencyRecorder
 from resync_hierarchy.observe.logging import get_logger
@@ -125,6 +126,7 @@ class CacheHierarchy:
                 shards=config.l1_shards,
                 max_ttl=config.l1_ttl,
                 clock=clock,
+                policy=POLICIES[config.l1_policy],
                 # Fail-safe keeps expired entries only while an L2 could fail.
                 stale_grace=config.fail_safe_max_stale if backend is not None else 0.0,
             )
@@ -269,12 +271,16 @@ class CacheHierarchy:
                     kind=exc.kind,
                     namespace=self.config.namespace,
                 )
+        if self.config.hot_keys_snapshot is not None:
+            await hot_keys.preload(self)  # fill L1 from L2 before traffic; never raises
 
     async def shutdown(self) -> None:
         """Stop background work and close L2 connections. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self.config.hot_keys_snapshot is not None:
+            hot_keys.save(self)  # this process's most used L1 keys; never raises
         for task in (self._sweeper, self._replay_task, *list(self._background)):
             await cancel_and_wait(task)
         if self._recovery and self._l2 is not None:

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from resync_hierarchy.l1.policy import EvictionPolicy, LRUPolicy, PolicyFactory
+from resync_hierarchy.l1.policy import (
+    POLICIES,
+    EvictionPolicy,
+    LRUPolicy,
+    PolicyFactory,
+    TinyLFUPolicy,
+)
+from resync_hierarchy.l1.sketch import FrequencySketch
 from resync_hierarchy.l1.store import L1Store
 
-__all__ = ["EvictionPolicy", "L1Store", "LRUPolicy", "PolicyFactory"]
+__all__ = [
+    "POLICIES",
+    "EvictionPolicy",
+    "FrequencySketch",
+    "L1Store",
+    "LRUPolicy",
+    "PolicyFactory",
+    "TinyLFUPolicy",
+]

@@ -5,9 +5,10 @@ Layout
 The store is ``stripes`` independent stripes. A key lives in stripe
 ``hash(key) & (stripes - 1)``. Each stripe has its own ``threading.Lock``, its
 own mapping (an ``OrderedDict`` of key to entry), its own eviction policy
-(:mod:`resync_hierarchy.l1.policy`), its own timer wheel and its own byte
-total. Locks are held only around a few dict operations; nothing in L1 awaits,
-sleeps or logs, so it is safe to call from asyncio tasks and from threads.
+(:mod:`resync_hierarchy.l1.policy`: W-TinyLFU by default, or LRU), its own
+timer wheel and its own byte total. Locks are held only around a few dict
+operations; nothing in L1 awaits, sleeps or logs, so it is safe to call from
+asyncio tasks and from threads.
 
 Capacity
 --------
@@ -16,9 +17,9 @@ first ``max_entries % stripes`` stripes hold one entry more, likewise for
 bytes), so the per-stripe bounds add up to exactly the global ones and the
 global bounds hold at every instant: a stripe evicts *before* it inserts, so
 not even a lock-free reader of :attr:`L1Store.bytes` or ``len()`` sees them
-exceeded. Eviction is LRU *within a stripe*; across the store that is an
-approximation of global LRU (the victim is the least recently used key of
-the stripe the new key hashes to).
+exceeded. Eviction and admission are decided *within a stripe* by the
+stripe's policy; across the store that approximates the policy run globally
+(the victim is chosen among the keys of the stripe the new key hashes to).
 
 If ``max_entries`` is smaller than ``shards``, the store uses fewer stripes:
 the largest power of two not above ``max_entries``, so that every stripe holds
@@ -29,10 +30,11 @@ False at once and stores nothing, ``sweep`` returns 0 at once, and reads miss
 (one lock and one lookup in an empty dict; check ``enabled`` to skip even that).
 
 Bytes are an estimate: an entry is charged ``size + len(key) +
-ENTRY_OVERHEAD``, where ``size`` is the encoded value's length given by the
-caller. An entry whose charge alone exceeds its stripe's byte budget
-(``max_bytes // stripes``, see ``stats()["max_entry_bytes"]``) is not stored,
-any older value under its key is removed, and it counts as ``rejected``.
+ENTRY_OVERHEAD`` (plus ``EXPIRY_OVERHEAD`` if it expires), where ``size`` is
+the encoded value's length given by the caller. An entry whose charge alone
+exceeds its stripe's byte budget (``max_bytes // stripes``, see
+``stats()["max_entry_bytes"]``) is not stored, any older value under its key
+is removed, and it counts as ``rejected``.
 
 Expiry
 ------
@@ -69,12 +71,15 @@ from typing import Any, Final
 
 from resync_hierarchy._types import MISSING, Clock, Missing, wall_clock
 from resync_hierarchy.errors import ConfigurationError
-from resync_hierarchy.l1.policy import EvictionPolicy, LRUPolicy, PolicyFactory
+from resync_hierarchy.l1.policy import EvictionPolicy, PolicyFactory, TinyLFUPolicy
 
 __all__ = ["L1Store"]
 
-# value, deadline (expiry in L1, max_ttl applied), charge, expires_at (as given)
-_Entry = tuple[Any, float | None, int, float | None]
+# (value, deadline, charge) or (value, deadline, charge, expires_at): deadline
+# is the expiry in L1 (max_ttl applied); expires_at (as given) is stored only
+# when max_ttl made the deadline differ from it. Three fields instead of four
+# save 16 bytes per entry (a 4-tuple rounds up to 80 bytes, a 3-tuple to 64).
+_Entry = tuple[Any, ...]
 
 _INF: Final = math.inf
 
@@ -112,7 +117,11 @@ class _Stripe:
         self.grace = grace
         self.lock = threading.Lock()
         self.data: OrderedDict[str, _Entry] = OrderedDict()
-        self.policy: EvictionPolicy = policy(self.data)
+        # The most entries the stripe can hold: under a byte bound, fewer
+        # than max_entries (every entry is charged at least ENTRY_OVERHEAD),
+        # which keeps a frequency sketch sized to what can be held.
+        capacity = min(max_entries, max_bytes // L1Store.ENTRY_OVERHEAD)
+        self.policy: EvictionPolicy = policy(self.data, max(capacity, 1))
         self.touch = self.policy.record_hit
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -206,6 +215,9 @@ class _Stripe:
                 expected.setdefault(math.ceil(entry[1] + self.grace), set()).add(key)
         if expected != self.wheel:
             raise AssertionError("timer wheel does not match the entries")
+        held = list(self.policy.ordered_keys())
+        if len(held) != len(data) or set(held) != set(data):
+            raise AssertionError("the policy's keys do not match the entries")
         if not set(self.wheel) <= set(self.heap):
             raise AssertionError("a wheel second is missing from the heap")
         if len(self.heap) > 2 * len(self.wheel) + _HEAP_SLACK + 1:
@@ -218,19 +230,31 @@ class L1Store:
     See the module docstring for the layout, capacity split, byte estimate
     and expiry rules. All methods are synchronous and thread-safe.
 
-    ``policy`` builds each stripe's eviction policy (default LRU; see
+    ``policy`` builds each stripe's eviction policy (default W-TinyLFU; see
     :mod:`resync_hierarchy.l1.policy`).
     """
 
-    ENTRY_OVERHEAD: Final[int] = 300
-    """Bytes charged per entry on top of ``size + len(key)``: what the store
-    itself allocates per entry, apart from the key's characters and the value
-    object. Measured with tracemalloc on CPython 3.11 (10k-100k entries,
-    20-character keys, one shared value): about 220 B without expiry (key
-    object header, entry tuple, charge int, OrderedDict slot and node), about
-    270-370 B with an expiry (deadline float, timer-wheel set slot, buckets),
-    up to about 500 B when every entry expires in a second of its own. 300 is
-    the typical case of entries with a TTL."""
+    ENTRY_OVERHEAD: Final[int] = 380
+    """Bytes charged per entry on top of ``size + len(key)``: what an entry
+    costs beyond its key's characters and its encoded value. Measured with
+    tracemalloc on CPython 3.11 (scripts/compare_peers.py, 100k entries of
+    200-byte ``bytes`` values, 15-character keys, W-TinyLFU): the key and
+    value object headers (about 90 B), and the store's own structures: the
+    mapping's dict slot and OrderedDict node, the entry tuple, the charge
+    int and the frequency sketch (about 215 B once the cache is warm, about
+    285 B while every entry is still in probation, which costs one more
+    OrderedDict entry, and dict tables that keep their size after evictions).
+    With 380, a full store that keeps evicting holds about 1.0 times
+    ``max_bytes`` by tracemalloc's count, a warm one about 0.9. A value
+    that decodes into a bigger object than its encoding (a dict, say) costs
+    more than it is charged."""
+
+    EXPIRY_OVERHEAD: Final[int] = 200
+    """Bytes charged on top of :attr:`ENTRY_OVERHEAD` for an entry that
+    expires: its deadline float and its slot in a timer-wheel set (measured
+    about 117 B with deadlines spread over 300 seconds, about 200 B counting
+    what a full store that keeps evicting leaves allocated; more when every entry
+    expires in a second of its own)."""
 
     def __init__(
         self,
@@ -240,7 +264,7 @@ class L1Store:
         shards: int = 16,
         max_ttl: float | None = None,
         clock: Clock = wall_clock,
-        policy: PolicyFactory = LRUPolicy,
+        policy: PolicyFactory = TinyLFUPolicy,
         stale_grace: float = 0.0,
     ) -> None:
         if max_entries < 0:
@@ -282,7 +306,7 @@ class L1Store:
     # -- reads ---------------------------------------------------------------
 
     def get(self, key: str) -> Any | Missing:
-        """The live value under ``key`` (an LRU touch), or MISSING."""
+        """The live value under ``key`` (a hit for the policy), or MISSING."""
         # The hot path. acquire/try/finally is ~70 ns cheaper than ``with lock``
         # on CPython 3.11; ``touch`` is the policy's bound C-level callable.
         stripe = self._stripes[hash(key) & self._mask]
@@ -306,7 +330,7 @@ class L1Store:
     def get_stale(self, key: str) -> Any | Missing:
         """The value under ``key`` even if expired, as long as it is within
         ``stale_grace`` seconds of its deadline (for fail-safe serving while
-        the shared tier is unavailable); else MISSING. Not an LRU touch."""
+        the shared tier is unavailable); else MISSING. Not a hit for the policy."""
         stripe = self._stripes[hash(key) & self._mask]
         with stripe.lock:
             entry = stripe.data.get(key)
@@ -318,7 +342,7 @@ class L1Store:
             return entry[0]
 
     def get_with_expiry(self, key: str) -> tuple[Any, float | None] | None:
-        """``(value, expires_at)`` of the live entry under ``key`` (an LRU touch),
+        """``(value, expires_at)`` of the live entry under ``key`` (a hit),
         or None. ``expires_at`` is the one given to :meth:`set` (``inf`` made
         None), not shortened by ``max_ttl``."""
         stripe = self._stripes[hash(key) & self._mask]
@@ -333,12 +357,12 @@ class L1Store:
                     stripe.expire(key, entry)
                 return None
             stripe.touch(key)
-            return entry[0], entry[3]
+            return entry[0], entry[3] if len(entry) > 3 else entry[1]
         finally:
             lock.release()
 
     def contains(self, key: str) -> bool:
-        """Whether a live entry is under ``key``. Not an LRU touch; an expired
+        """Whether a live entry is under ``key``. Not a hit; an expired
         entry found is removed."""
         stripe = self._stripes[hash(key) & self._mask]
         lock = stripe.lock
@@ -358,13 +382,16 @@ class L1Store:
     # -- writes --------------------------------------------------------------
 
     def set(self, key: str, value: Any, *, expires_at: float | None, size: int) -> bool:
-        """Store ``value`` under ``key`` (an LRU touch); True if stored.
+        """Store ``value`` under ``key``; True if stored.
 
         ``size`` is the encoded value's length in bytes. Not stored, with any
         older value under ``key`` removed all the same, when: L1 is off; the
         charge exceeds the stripe's byte budget (counted as ``rejected``); the
         policy refuses admission (``rejected``); the deadline has passed
-        already. Evicts least recently used entries of the stripe as needed.
+        already. Evicts entries of the stripe chosen by its policy as needed
+        (with W-TinyLFU, a newcomer always enters the window; the duel for
+        the main space is between the window's oldest key and the main
+        space's victim, so a burst of one-time keys cannot flush hot ones).
         Raises ValueError, changing nothing, if ``size`` is negative or
         ``expires_at`` is NaN. ``expires_at=inf`` means no expiry.
         """
@@ -384,6 +411,8 @@ class L1Store:
             if max_ttl is not None and (deadline is None or deadline > now + max_ttl):
                 deadline = now + max_ttl
         charge = size + len(key) + self.ENTRY_OVERHEAD
+        if deadline is not None:
+            charge += self.EXPIRY_OVERHEAD
         stripe = self._stripes[hash(key) & self._mask]
         lock = stripe.lock
         lock.acquire()
@@ -405,7 +434,11 @@ class L1Store:
                     return False
                 stripe.unlink(victim, data.pop(victim))
                 stripe.evictions += 1
-            data[key] = (value, deadline, charge, expires_at)
+            data[key] = (
+                (value, deadline, charge)
+                if deadline is expires_at
+                else (value, deadline, charge, expires_at)
+            )
             stripe.bytes += charge
             if deadline is not None:
                 stripe.schedule(key, deadline)
@@ -507,7 +540,8 @@ class L1Store:
 
     def keys(self) -> list[str]:
         """Snapshot of the live keys, stripe by stripe (each lock held briefly),
-        least recently used first within a stripe."""
+        in the order of the stripe's mapping (least recently used first with
+        LRU)."""
         now = self._clock()
         out: list[str] = []
         for stripe in self._stripes:

@@ -133,7 +133,7 @@ class GuardedL2:
         try:
             await limiter.acquire()
             try:
-                if breaker.state is not BreakerState.CLOSED:
+                if self.circuit_state != "closed":
                     # Opened while this call queued: it must not add to the storm.
                     self.short_circuited += 1
                     raise L2Unavailable(

@@ -494,7 +494,8 @@ async def test_get_or_set_in_read_new_runs_the_factory_once_and_prefers_legacy(
         await asyncio.sleep(0.05)
         return f"made-{name}"
 
-    async with manager(redis_url, redis_url, MODES["read_new"]) as mm:
+    patient = {"l2_timeout": 5.0}  # about single flight, not timeouts: a loaded machine is slow
+    async with manager(redis_url, redis_url, MODES["read_new"], legacy=patient, new=patient) as mm:
         missing = await asyncio.gather(
             *(mm.get_or_set("nowhere", lambda: factory("nowhere")) for _ in range(1000))
         )

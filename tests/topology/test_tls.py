@@ -120,29 +120,36 @@ async def test_required_client_certificate_given_and_missing(
         await cache.set("k", 1)
         assert cache.get_stats()["l2_errors"] == 0
         assert (await cache.health())["status"] == "ok"
-    for url, expected in (
-        (server.tls_url(ca, host="localhost"), "certificate required"),
-        (
-            server.tls_url(
-                ca,
-                certfile=certs.untrusted_client_cert,
-                keyfile=certs.untrusted_client_key,
-                host="localhost",
-            ),
-            "",  # the server's alert depends on the OpenSSL version
+    # The server refuses a missing or untrusted client certificate after the
+    # TLS 1.3 handshake, with an alert the client reads on its first command.
+    # On a loaded machine the server may close before that alert is read: the
+    # client then sees a closed connection. Either way nothing is written.
+    refused_by_server = (
+        server.tls_url(ca, host="localhost"),
+        server.tls_url(
+            ca,
+            certfile=certs.untrusted_client_cert,
+            keyfile=certs.untrusted_client_key,
+            host="localhost",
         ),
-        # The certificate names localhost only: 127.0.0.1 fails the hostname check.
-        (
-            server.tls_url(ca, certfile=certs.client_cert, keyfile=certs.client_key),
-            "IP address mismatch",
-        ),
-    ):
+    )
+    for url in refused_by_server:
         async with _cache(url) as cache:
             await cache.set("k", 2)
             stats = cache.get_stats()
-            assert stats["l2_errors_by_kind"].get("tls", 0) >= 1, (url, stats)
-            assert stats["l2_retries"] == 0
-            assert expected in cache._l2.last_error  # type: ignore[union-attr]
+            kinds = stats["l2_errors_by_kind"]
+            assert kinds.get("tls", 0) + kinds.get("connection", 0) >= 1, (url, stats)
+            if kinds.get("tls"):
+                assert stats["l2_retries"] == 0
+    # The certificate names localhost only: 127.0.0.1 fails the client's own
+    # hostname check, deterministically a tls error, never retried.
+    mismatched = server.tls_url(ca, certfile=certs.client_cert, keyfile=certs.client_key)
+    async with _cache(mismatched) as cache:
+        await cache.set("k", 2)
+        stats = cache.get_stats()
+        assert stats["l2_errors_by_kind"].get("tls", 0) >= 1, stats
+        assert stats["l2_retries"] == 0
+        assert "IP address mismatch" in cache._l2.last_error  # type: ignore[union-attr]
     assert server.command("GET", b"tls:k") is not None  # only the good client wrote
 
 

@@ -428,7 +428,11 @@ async def test_dead_l2_fails_the_verdict_although_callers_see_no_errors(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", duration=0.5, json=True, **SMALL
     )
     code = await bench.run(args)
-    doc = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        raise AssertionError(f"stdout is not one JSON document: {out[:300]!r}") from None
     assert doc["errors"] == 0
     assert doc["l2_errors"] > 0
     assert doc["sla"]["l2_error_rate_lt_0.1pct"]["pass"] is False

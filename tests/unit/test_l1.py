@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 
 from resync_hierarchy._types import MISSING
 from resync_hierarchy.errors import ConfigurationError
-from resync_hierarchy.l1 import L1Store, LRUPolicy
+from resync_hierarchy.l1 import L1Store, LRUPolicy, PolicyFactory
 
 OVERHEAD = L1Store.ENTRY_OVERHEAD
 T0 = 1_000_000.0
@@ -41,8 +41,8 @@ class FakeClock:
         self.now += seconds
 
 
-def charge(key: str, size: int) -> int:
-    return size + len(key) + OVERHEAD
+def charge(key: str, size: int, expiring: bool = False) -> int:
+    return size + len(key) + OVERHEAD + (L1Store.EXPIRY_OVERHEAD if expiring else 0)
 
 
 def make(
@@ -52,17 +52,30 @@ def make(
     shards: int = 1,
     max_ttl: float | None = None,
     clock: FakeClock | None = None,
+    policy: PolicyFactory = LRUPolicy,
 ) -> tuple[L1Store, FakeClock]:
+    """A store with LRU by default: these tests check eviction order against
+    an exact LRU model (TinyLFU has its own tests in test_policy.py)."""
     clock = clock or FakeClock()
     store = L1Store(
-        max_entries=max_entries, max_bytes=max_bytes, shards=shards, max_ttl=max_ttl, clock=clock
+        max_entries=max_entries,
+        max_bytes=max_bytes,
+        shards=shards,
+        max_ttl=max_ttl,
+        clock=clock,
+        policy=policy,
     )
     return store, clock
 
 
 def raw_keys(store: L1Store) -> list[str]:
-    """Every key held, expired or not, in per-stripe LRU order (white box)."""
+    """Every key held, expired or not, in per-stripe insertion order (white box)."""
     return [key for stripe in store._stripes for key in stripe.data]
+
+
+def lru_keys(store: L1Store) -> list[str]:
+    """Every key held, in per-stripe eviction order of the policy (white box)."""
+    return [key for stripe in store._stripes for key in stripe.policy.ordered_keys()]
 
 
 # -- basics -----------------------------------------------------------------
@@ -379,14 +392,14 @@ def test_lru_order_with_one_stripe_reads_and_writes_count() -> None:
         store.set(key, key, expires_at=None, size=1)
     assert store.get("a") == "a"  # read: a is now most recent; b is least
     store.set("d", "d", expires_at=None, size=1)
-    assert raw_keys(store) == ["c", "a", "d"]
+    assert lru_keys(store) == ["c", "a", "d"]
     store.set("c", "c2", expires_at=None, size=1)  # write: c most recent
     store.set("e", "e", expires_at=None, size=1)
-    assert raw_keys(store) == ["d", "c", "e"]
+    assert lru_keys(store) == ["d", "c", "e"]
     assert store.contains("d")  # contains is not a touch
     assert store.get_with_expiry("c") == ("c2", None)  # is a touch
     store.set("f", "f", expires_at=None, size=1)
-    assert raw_keys(store) == ["e", "c", "f"]
+    assert lru_keys(store) == ["e", "c", "f"]
     assert store.stats()["evictions"] == 3
 
 
@@ -398,7 +411,7 @@ def test_byte_bound_evicts_lru_until_it_fits() -> None:
     assert store.bytes == budget
     store.get("a")
     store.set("d", "d", expires_at=None, size=250)  # needs two slots' worth
-    assert raw_keys(store) == ["a", "d"]
+    assert lru_keys(store) == ["a", "d"]
     assert store.bytes <= budget
     store._check_invariants()
 
@@ -589,6 +602,7 @@ class L1Model(RuleBasedStateMachine):
             shards=1,
             max_ttl=max_ttl,
             clock=self.clock,
+            policy=LRUPolicy,
         )
 
     def _dead(self, deadline: float | None) -> bool:
@@ -606,7 +620,7 @@ class L1Model(RuleBasedStateMachine):
         deadline = expires_at
         if self.max_ttl is not None and (deadline is None or deadline > now + self.max_ttl):
             deadline = now + self.max_ttl
-        cost = charge(key, size)
+        cost = charge(key, size, deadline is not None)
         self.model.pop(key, None)
         expected = True
         if cost > self.max_bytes:
@@ -704,7 +718,7 @@ class L1Model(RuleBasedStateMachine):
 
     @invariant()
     def matches_model(self) -> None:
-        assert raw_keys(self.store) == list(self.model)  # same LRU order
+        assert lru_keys(self.store) == list(self.model)  # same LRU order
         assert len(self.store) == len(self.model) <= self.max_entries
         assert self.store.bytes == sum(e[2] for e in self.model.values())
         assert self.store.bytes <= self.max_bytes
@@ -713,7 +727,7 @@ class L1Model(RuleBasedStateMachine):
         assert stats["expirations"] == self.expirations
         assert stats["rejected"] == self.rejected
         live = [k for k, e in self.model.items() if not self._dead(e[1])]
-        assert self.store.keys() == live
+        assert sorted(self.store.keys()) == sorted(live)
         self.store._check_invariants()
 
 
