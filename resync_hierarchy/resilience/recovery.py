@@ -14,7 +14,9 @@ another process wrote to Redis later. The queue is bounded; past
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from resync_hierarchy.observe.logging import get_logger
@@ -22,6 +24,7 @@ from resync_hierarchy.observe.logging import get_logger
 __all__ = ["PendingWrite", "RecoveryQueue"]
 
 _log = get_logger("resync_hierarchy.recovery")
+_LOG_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +41,22 @@ class PendingWrite:
 class RecoveryQueue:
     """Pending L2 writes, oldest first, at most one per key."""
 
-    __slots__ = ("_pending", "clear_version", "max_entries", "overflowed", "recorded")
+    __slots__ = (
+        "_clock",
+        "_logged_at",
+        "_logged_overflowed",
+        "_pending",
+        "clear_version",
+        "max_entries",
+        "overflowed",
+        "recorded",
+    )
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
+        self._clock = clock
+        self._logged_at: float | None = None
+        self._logged_overflowed = 0
         self._pending: OrderedDict[bytes, PendingWrite] = OrderedDict()
         self.clear_version: int | None = None
         self.overflowed = 0
@@ -65,12 +80,18 @@ class RecoveryQueue:
         if len(pending) > self.max_entries:
             _, dropped = pending.popitem(last=False)
             self.overflowed += 1
-            _log.error(
-                "recovery_queue_overflow",
-                dropped_key_bytes=len(dropped.full_key),
-                max_entries=self.max_entries,
-                overflowed=self.overflowed,
-            )
+            now = self._clock()
+            # At most one event a second: an outage under load drops thousands.
+            if self._logged_at is None or now - self._logged_at >= _LOG_EVERY_SECONDS:
+                _log.error(
+                    "recovery_queue_overflow",
+                    dropped_key_bytes=len(dropped.full_key),
+                    dropped_since_last_event=self.overflowed - self._logged_overflowed,
+                    max_entries=self.max_entries,
+                    overflowed=self.overflowed,
+                )
+                self._logged_at = now
+                self._logged_overflowed = self.overflowed
 
     def supersede(self, full_key: bytes) -> None:
         """A newer write of ``full_key`` reached L2: nothing left to replay."""

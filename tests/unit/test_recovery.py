@@ -50,11 +50,15 @@ def test_clear_drops_pending_and_is_remembered() -> None:
     assert queue.clear_version == 7
 
 
-def test_overflow_drops_the_oldest_counts_and_logs() -> None:
-    queue = RecoveryQueue(2)
+def test_overflow_drops_the_oldest_counts_and_logs_at_most_once_a_second() -> None:
+    now = [100.0]
+    queue = RecoveryQueue(2, clock=lambda: now[0])
     with capture_logs() as logs:
         for i in range(5):
             queue.record(write(f"k{i}", i))
-    assert [w.key for w in queue.oldest(10)] == ["k3", "k4"]
-    assert queue.overflowed == 3
-    assert [entry["event"] for entry in logs] == ["recovery_queue_overflow"] * 3
+        now[0] += 1.0
+        queue.record(write("k5", 5))
+    assert [w.key for w in queue.oldest(10)] == ["k4", "k5"]
+    assert queue.overflowed == 4
+    assert [entry["event"] for entry in logs] == ["recovery_queue_overflow"] * 2
+    assert [entry["dropped_since_last_event"] for entry in logs] == [1, 3]
