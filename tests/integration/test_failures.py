@@ -49,7 +49,9 @@ async def test_redis_not_listening_start_get_set_delete_health() -> None:
         assert took < TIMEOUT + ALLOWANCE
         stats = cache.get_stats()
         assert stats["l2_errors"] >= 5
-        assert set(stats["l2_errors_by_kind"]) == {"connection"}
+        # "circuit_open": a retry that was backing off when the circuit opened
+        kinds = set(stats["l2_errors_by_kind"])
+        assert "connection" in kinds and kinds <= {"connection", "circuit_open"}
 
 
 async def test_l1_off_and_redis_down_reports_down() -> None:
