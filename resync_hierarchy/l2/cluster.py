@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
@@ -61,7 +60,7 @@ from redis.crc import key_slot
 from resync_hierarchy._url import ParsedURL, redact_url
 from resync_hierarchy.errors import ConfigurationError
 from resync_hierarchy.l2.base import L2Error, glob_escape
-from resync_hierarchy.l2.redis import WRITE_IF_NEWER_LUA, translate_redis_error
+from resync_hierarchy.l2.redis import WRITE_IF_NEWER_LUA, RedisSubscription, translate_redis_error
 
 __all__ = [
     "MULTIKEY_STRATEGIES",
@@ -187,7 +186,7 @@ def _is_noscript(result: object) -> bool:
     )
 
 
-class ClusterSubscription:
+class ClusterSubscription(RedisSubscription):
     """A sharded-channel subscription on a connection to the channel's master.
 
     Never reconnects by itself (see :class:`~resync_hierarchy.l2.base.Subscription`):
@@ -195,60 +194,35 @@ class ClusterSubscription:
     the owner subscribes again where the slot lives now.
     """
 
+    subscribed_type = "ssubscribe"
+    message_type = "smessage"
+    caught = _REDIS_ERRORS
+
+    @staticmethod
+    def translate(exc: BaseException) -> L2Error:
+        return translate_cluster_error(exc)
+
     def __init__(self, client: Any, channel: bytes) -> None:
+        super().__init__(client.pubsub(), channel)
         self._client = client
-        self._pubsub = client.pubsub()
-        self.channel = channel
-        self.last_activity = time.monotonic()
 
     async def start(self, within: float) -> None:
         """SSUBSCRIBE and wait up to ``within`` seconds for the confirmation."""
         try:
             await self._pubsub.ssubscribe(self.channel)
-        except _REDIS_ERRORS as exc:
-            raise translate_cluster_error(exc) from exc
-        deadline = time.monotonic() + within
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise L2Error("timeout", "no SSUBSCRIBE confirmation")
-            message = await self._read(left)
-            if message is not None and message.get("type") == "ssubscribe":
-                return
-
-    async def next_message(self, wait: float) -> bytes | None:
-        """The next published payload, or None after ``wait`` seconds."""
-        message = await self._read(wait)
-        if message is None or message.get("type") != "smessage":
-            return None
-        data: bytes = message["data"]
-        return data
+        except self.caught as exc:
+            raise self.translate(exc) from exc
+        await self.confirm(within)
 
     async def _read(self, wait: float) -> dict[str, Any] | None:
-        try:
-            message: dict[str, Any] | None = await self._pubsub.get_message(
-                ignore_subscribe_messages=False, timeout=wait
-            )
-        except _REDIS_ERRORS as exc:
-            raise translate_cluster_error(exc) from exc
-        if message is None:
-            return None
-        self.last_activity = time.monotonic()
-        if message.get("type") == "sunsubscribe":
+        message = await super()._read(wait)
+        if message is not None and message.get("type") == "sunsubscribe":
             raise L2Error("connection", "the channel's slot moved to another node")
         return message
 
-    async def ping(self) -> None:
-        """Ask for a PONG on this connection (it arrives as activity)."""
-        try:
-            await self._pubsub.ping()
-        except _REDIS_ERRORS as exc:
-            raise translate_cluster_error(exc) from exc
-
     async def aclose(self) -> None:
-        with contextlib.suppress(*_REDIS_ERRORS):
-            await self._pubsub.aclose()
-        with contextlib.suppress(*_REDIS_ERRORS):
+        await super().aclose()
+        with contextlib.suppress(*self.caught):
             await self._client.aclose()
 
 

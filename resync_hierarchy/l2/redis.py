@@ -350,7 +350,18 @@ class RedisSubscription:
     subscribes again, knowing that whatever was published in between is lost.
     ``last_activity`` (``time.monotonic()``) moves with every message and
     PONG, so a connection that went silent (a black-holed network) shows.
+
+    Subclasses for other kinds of channel (sharded pub/sub) change the
+    message types, the errors caught and their translation.
     """
+
+    subscribed_type = "subscribe"
+    message_type = "message"
+    caught: tuple[type[BaseException], ...] = (rexc.RedisError, OSError)
+
+    @staticmethod
+    def translate(exc: BaseException) -> L2Error:
+        return translate_redis_error(exc)
 
     def __init__(self, pubsub: Any, channel: bytes) -> None:
         self._pubsub = pubsub
@@ -363,15 +374,15 @@ class RedisSubscription:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise L2Error("timeout", "no SUBSCRIBE confirmation")
+                raise L2Error("timeout", f"no {self.subscribed_type.upper()} confirmation")
             message = await self._read(left)
-            if message is not None and message.get("type") == "subscribe":
+            if message is not None and message.get("type") == self.subscribed_type:
                 return
 
     async def next_message(self, wait: float) -> bytes | None:
         """The next published payload, or None after ``wait`` seconds."""
         message = await self._read(wait)
-        if message is None or message.get("type") != "message":
+        if message is None or message.get("type") != self.message_type:
             return None
         data: bytes = message["data"]
         return data
@@ -381,8 +392,8 @@ class RedisSubscription:
             message: dict[str, Any] | None = await self._pubsub.get_message(
                 ignore_subscribe_messages=False, timeout=wait
             )
-        except (rexc.RedisError, OSError) as exc:
-            raise translate_redis_error(exc) from exc
+        except self.caught as exc:
+            raise self.translate(exc) from exc
         if message is not None:
             self.last_activity = time.monotonic()
         return message
@@ -391,11 +402,11 @@ class RedisSubscription:
         """Ask for a PONG on this connection (it arrives as activity)."""
         try:
             await self._pubsub.ping()
-        except (rexc.RedisError, OSError) as exc:
-            raise translate_redis_error(exc) from exc
+        except self.caught as exc:
+            raise self.translate(exc) from exc
 
     async def aclose(self) -> None:
-        with contextlib.suppress(rexc.RedisError, OSError):
+        with contextlib.suppress(*self.caught):
             await self._pubsub.aclose()
 
 
