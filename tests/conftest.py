@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -25,6 +26,8 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:  # make `support` importable under any --import-mode
     sys.path.insert(0, _TESTS_DIR)
 
+from support import topology  # noqa: E402
+from support.cluster import acquire_shared_cluster, release_shared_cluster  # noqa: E402
 from support.redis_server import (  # noqa: E402
     RedisServer,
     redis_server_binary,
@@ -32,6 +35,8 @@ from support.redis_server import (  # noqa: E402
     require_redis,
     require_redis_reason,
 )
+
+from resync_hierarchy.testing.cluster import RedisClusterHarness  # noqa: E402
 
 REDIS_FIXTURES = frozenset({"redis_server", "redis_url", "fresh_redis"})
 L2_BACKENDS = ("fakeredis", "redis")
@@ -106,3 +111,38 @@ def l2_url(request: pytest.FixtureRequest) -> str:
         return "fakeredis"
     url: str = request.getfixturevalue("redis_url")
     return url
+
+
+# Session-wide topologies, shared by tests/contract and tests/topology: each
+# starts once, on first use.
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterHarness]:
+    """The session's 3-master Redis Cluster, no replicas."""
+    cluster = acquire_shared_cluster()
+    try:
+        yield cluster
+    finally:
+        release_shared_cluster()
+
+
+@pytest.fixture(scope="session")
+def tls_setup() -> Iterator[Any]:
+    """The session's TLS redis-server (client certificates optional) and its throw-away CA."""
+    yield topology.acquire("tls")
+    topology.release("tls")
+
+
+@pytest.fixture(scope="session")
+def acl_setup() -> Iterator[Any]:
+    """The session's redis-server for ACL users, one per namespace."""
+    yield topology.acquire("acl")
+    topology.release("acl")
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup() -> Iterator[Any]:
+    """The session's master + replica + three sentinels (no failover on it)."""
+    yield topology.acquire("sentinel")
+    topology.release("sentinel")

@@ -11,13 +11,11 @@ A topology is one entry of ``BACKENDS``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from support import topology
 from support.backends import Backend
-from support.cluster import acquire_shared_cluster, release_shared_cluster
 
 from resync_hierarchy.testing.cluster import RedisClusterHarness
 
@@ -31,37 +29,6 @@ BACKENDS = [
     pytest.param("acl", id="acl", marks=_real),
     pytest.param("sentinel", id="sentinel", marks=_real),
 ]
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterHarness]:
-    """The session's 3-master cluster (shared with tests/topology)."""
-    cluster = acquire_shared_cluster()
-    try:
-        yield cluster
-    finally:
-        release_shared_cluster()
-
-
-@pytest.fixture(scope="session")
-def tls_setup() -> Iterator[Any]:
-    """The session's TLS redis-server and its certificates (tests/support/topology.py)."""
-    yield topology.acquire("tls")
-    topology.release("tls")
-
-
-@pytest.fixture(scope="session")
-def acl_setup() -> Iterator[Any]:
-    """The session's redis-server for ACL users, one per namespace."""
-    yield topology.acquire("acl")
-    topology.release("acl")
-
-
-@pytest.fixture(scope="session")
-def sentinel_setup() -> Iterator[Any]:
-    """The session's master + replica + three sentinels."""
-    yield topology.acquire("sentinel")
-    topology.release("sentinel")
 
 
 def _topology_backend(request: pytest.FixtureRequest, kind: str) -> Backend:

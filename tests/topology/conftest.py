@@ -7,36 +7,12 @@ suite, so each starts once per session); failover tests start their own.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from support import topology
-from support.cluster import acquire_shared_cluster, release_shared_cluster
 from support.redis_server import require_redis
 
 from resync_hierarchy.testing.cluster import RedisClusterHarness
 from resync_hierarchy.testing.sentinel import SentinelDeployment
-
-
-@pytest.fixture(scope="session")
-def tls_setup() -> Iterator[Any]:
-    """TLS redis-server (client certificates optional) and its throw-away CA."""
-    yield topology.acquire("tls")
-    topology.release("tls")
-
-
-@pytest.fixture(scope="session")
-def acl_setup() -> Iterator[Any]:
-    """A redis-server on which tests create ACL users."""
-    yield topology.acquire("acl")
-    topology.release("acl")
-
-
-@pytest.fixture(scope="session")
-def sentinel_setup() -> Iterator[Any]:
-    """The session's master + replica + three sentinels (no failover on it)."""
-    yield topology.acquire("sentinel")
-    topology.release("sentinel")
 
 
 @pytest.fixture
@@ -48,16 +24,6 @@ def sentinel_deployment() -> Iterator[SentinelDeployment]:
         yield deployment
     finally:
         deployment.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterHarness]:
-    """The session's 3-master Redis Cluster, no replicas (shared with tests/contract)."""
-    cluster = acquire_shared_cluster()
-    try:
-        yield cluster
-    finally:
-        release_shared_cluster()
 
 
 @pytest.fixture
