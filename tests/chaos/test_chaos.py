@@ -10,14 +10,14 @@ or delete is lost and no value older than a later write is served.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 
 import pytest
+from support import chaos_policy
+from support.chaos_policy import frozen_heap
 from support.redis_server import RedisServer
 
 from resync_hierarchy.testing.chaos import (
-    PATTERN_REPLAY_OVERTOOK_DELETE,
     ChaosTarget,
     ScenarioReport,
     scenario_a_kill,
@@ -34,19 +34,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(autouse=True)
-def frozen_heap() -> Iterator[None]:
-    """Freeze what the test process holds before a scenario, as a service does
-    after start-up (``gc.freeze()``). A full collection over pytest's heap (the
-    suite's modules, fixtures, earlier tests' leftovers) paused this 2-core
-    machine for ~100 ms mid-scenario: the test process's cost, not the cache's,
-    and enough to push a call past l2_timeout + 100 ms. The scenario's own
-    objects are still collected as usual."""
-    gc.collect()
-    gc.freeze()
-    try:
+def _frozen_heap() -> Iterator[None]:
+    with frozen_heap():
         yield
-    finally:
-        gc.unfreeze()
 
 
 KNOWN_LIMIT = (
@@ -57,39 +47,7 @@ KNOWN_LIMIT = (
 
 
 def held(report: ScenarioReport) -> bool:
-    """Print the report (pytest shows it on failure) and tell whether every check
-    held. If every failed check has the shape of the documented delete race, the
-    test is marked xfail at run time; any other failure fails it."""
-    print(report.failure_summary())
-    print(f"measurements: {report.measurements}")
-    failed = report.failed_checks()
-    if failed and (
-        all(c.pattern == PATTERN_REPLAY_OVERTOOK_DELETE for c in failed)
-        or only_deletes_came_back(report)
-    ):
-        pytest.xfail(KNOWN_LIMIT + "\n" + report.failure_summary())
-    return report.passed and not failed
-
-
-def only_deletes_came_back(report: ScenarioReport) -> bool:
-    """Every failure is an acknowledged delete whose key got a value back, for
-    good or for a moment (nothing lost, older or unexpected otherwise): the
-    documented limit, seen also when a write held by the server (CLIENT PAUSE
-    WRITE) runs after it."""
-    verification = report.measurements.extra.get("verification", {})
-    if verification.get("lost_writes") or verification.get("older"):
-        return False
-    if verification.get("unexpected"):
-        return False
-    allowed = {"reads_return_last_acknowledged_write", "no_write_or_delete_lost"}
-    for check in report.failed_checks():
-        if check.name not in allowed:
-            return False
-        if check.name == "reads_return_last_acknowledged_write" and (
-            "returned None" in check.detail or "last acknowledged: None" not in check.detail
-        ):
-            return False
-    return True
+    return chaos_policy.held(report, KNOWN_LIMIT)
 
 
 async def test_a_kill9_under_200_tasks(fresh_redis: RedisServer) -> None:

@@ -8,13 +8,12 @@ failover completing, and no acknowledged write is lost or older in Redis.
 
 from __future__ import annotations
 
-import gc
-
 import pytest
+from support import chaos_policy
+from support.chaos_policy import frozen_heap
 
 from resync_hierarchy import CacheHierarchy
 from resync_hierarchy.testing.chaos import (
-    PATTERN_REPLAY_OVERTOOK_DELETE,
     ChaosSettings,
     ChaosTarget,
     ScenarioReport,
@@ -32,32 +31,7 @@ KNOWN_LIMIT = (
 
 
 def held(report: ScenarioReport) -> bool:
-    """Whether every check held; xfail when the only failures are acknowledged
-    deletes whose key has a value again (the policy of tests/chaos)."""
-    print(report.failure_summary())
-    print(f"measurements: {report.measurements}")
-    failed = report.failed_checks()
-    if failed and (
-        all(c.pattern == PATTERN_REPLAY_OVERTOOK_DELETE for c in failed)
-        or _only_deletes_came_back(report)
-    ):
-        pytest.xfail(KNOWN_LIMIT + "\n" + report.failure_summary())
-    return report.passed and not failed
-
-
-def _only_deletes_came_back(report: ScenarioReport) -> bool:
-    verification = report.measurements.extra.get("verification", {})
-    if any(verification.get(k) for k in ("lost_writes", "older", "unexpected")):
-        return False
-    allowed = {"reads_return_last_acknowledged_write", "no_write_or_delete_lost"}
-    for check in report.failed_checks():
-        if check.name not in allowed:
-            return False
-        if check.name == "reads_return_last_acknowledged_write" and (
-            "returned None" in check.detail or "last acknowledged: None" not in check.detail
-        ):
-            return False
-    return True
+    return chaos_policy.held(report, KNOWN_LIMIT)
 
 
 async def test_master_killed_under_load_is_absorbed(
@@ -77,12 +51,8 @@ async def test_master_killed_under_load_is_absorbed(
     # the collector's reach, as a long-running service does after start-up: a
     # full collection over it paused this 2-core machine for ~100 ms mid-run,
     # which is the test process's cost, not the cache's.
-    gc.collect()
-    gc.freeze()
-    try:
+    with frozen_heap():
         report = await scenario_cluster_failover(replicated_cluster, target)
-    finally:
-        gc.unfreeze()
 
     assert held(report), report.failure_summary()
     after = {s.port for s in replicated_cluster.masters()}
