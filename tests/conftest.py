@@ -14,6 +14,7 @@ PATH they SKIP, or FAIL when ``CI`` is true or ``RESYNC_REQUIRE_REDIS=1``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             needs_redis = True
         if needs_redis and item.get_closest_marker("redis") is None:
             item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No REDIS_URL or RESYNC_CACHE_* from the caller's shell reaches a test
+    (the CLI and from_env read them); a test sets what it needs."""
+    for name in list(os.environ):
+        if name == "REDIS_URL" or name.startswith("RESYNC_CACHE_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

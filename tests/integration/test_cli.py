@@ -5,23 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import redis
-import structlog
 from support.redis_server import RedisServer, free_port
 
 from resync_hierarchy.cli import EXIT_USAGE, main
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    for name in ("RESYNC_CACHE_URL", "RESYNC_CACHE_NAMESPACE"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    structlog.reset_defaults()  # main() configures logging for the process
 
 
 def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:

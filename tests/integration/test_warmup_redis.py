@@ -10,14 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import structlog
 from support.redis_server import RedisServer, free_port
 
 from resync_hierarchy import CacheHierarchy
@@ -33,16 +32,6 @@ from resync_hierarchy.warmup import (
     warm_up,
 )
 from resync_hierarchy.warmup._bulk import BatchFailed, Prepared
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    for name in list(os.environ):
-        if name.startswith("RESYNC_CACHE_"):
-            monkeypatch.delenv(name, raising=False)
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -100,11 +100,6 @@ def namespace_args(**overrides: Any) -> argparse.Namespace:
     return args
 
 
-@pytest.fixture(autouse=True)
-def _no_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-
-
 SMALL: dict[str, Any] = {"warmup": 0.0, "keyspace": 200, "concurrency": 20, "rate": 400.0}
 
 # ---------------------------------------------------------------------------- Zipf

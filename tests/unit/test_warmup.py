@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
-import structlog
 
 from resync_hierarchy import CacheHierarchy, HierarchyConfig
 from resync_hierarchy.cli import main
@@ -47,16 +45,6 @@ from resync_hierarchy.warmup.records import (
     json_problem,
     parse_json_line,
 )
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    for name in list(os.environ):
-        if name.startswith("RESYNC_CACHE_"):
-            monkeypatch.delenv(name, raising=False)
-    yield
-    structlog.reset_defaults()
 
 
 def fake_cache(namespace: str = "t", server: Any = None, **config: Any) -> CacheHierarchy:
